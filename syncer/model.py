@@ -1,0 +1,455 @@
+"""Upstreams and servers, and their dyups wire format.
+
+Pure: no I/O. Every value is validated when it is constructed, so a `Server`,
+`Directive` or `Upstream` that exists can only render characters from a small
+safe alphabet (letters, digits, `.:-_[]/=`, single spaces, `;` as terminator).
+Nothing that could break out of nginx syntax (`;{}#$"'`, other whitespace,
+control characters) can reach a POST body: the types make it impossible.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+# RFC 1123 host names: labels of letters, digits and inner hyphens, 1-63 chars each.
+_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+NAME_MAX = 200  # a URI segment; far below the module's 8 KiB URI limit.
+SANDBOX_NAME = "_dyups_upstream_sandbox_"
+
+DEFAULT_WEIGHT = 1
+DEFAULT_MAX_FAILS = 1
+DEFAULT_FAIL_TIMEOUT = 10
+
+
+class ModelError(ValueError):
+    """A value that cannot become part of an upstream; the message names the field."""
+
+
+def normalize_name(raw: str) -> str:
+    """Lower-case and validate an upstream name (dyups looks names up case-insensitively)."""
+    if not isinstance(raw, str):
+        raise ModelError(f"upstream name must be a string, got {type(raw).__name__}")
+    name = raw.lower()
+    if len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
+        raise ModelError(
+            f"upstream name {raw!r} is invalid: use [a-z0-9][a-z0-9_.-]* (at most {NAME_MAX})"
+        )
+    if name == SANDBOX_NAME:
+        raise ModelError(f"upstream name {raw!r} is reserved by the dyups module")
+    return name
+
+
+def _int_field(what: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    # bool is an int subclass; `weight: true` in YAML must not silently become 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ModelError(f"{what} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise ModelError(f"{what} must be >= {minimum}{upper}, got {value}")
+    return value
+
+
+def _is_hostname(host: str) -> bool:
+    if len(host) > 253:
+        return False
+    labels = host.rstrip(".").split(".")
+    return (
+        all(_LABEL_RE.fullmatch(label) for label in labels) and not host.replace(".", "").isdigit()
+    )
+
+
+def canonical_host(raw: str, *, allow_hostname: bool) -> str:
+    """Return the host in canonical form: compressed IP literal, or lower-cased hostname."""
+    if not isinstance(raw, str) or not raw:
+        raise ModelError(f"host must be a non-empty string, got {raw!r}")
+    text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.lower()
+    if "%" in text or not _is_hostname(name):
+        raise ModelError(f"host {raw!r} is not an IPv4/IPv6 literal or an RFC 1123 host name")
+    if not allow_hostname:
+        raise ModelError(f"host {raw!r} is a host name; only IP literals are allowed here")
+    return name
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Server:
+    """One `server` line. Defaults are the values dyups reports, so comparisons are plain."""
+
+    host: str
+    port: int
+    weight: int = DEFAULT_WEIGHT
+    max_fails: int = DEFAULT_MAX_FAILS
+    fail_timeout: int = DEFAULT_FAIL_TIMEOUT
+    backup: bool = False
+    down: bool = False
+    max_conns: int = 0
+    allow_hostname: bool = field(default=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "host", canonical_host(self.host, allow_hostname=self.allow_hostname))
+        _int_field("port", self.port, minimum=1, maximum=65535)
+        _int_field("weight", self.weight, minimum=1, maximum=1_000_000)
+        _int_field("max_fails", self.max_fails, minimum=0, maximum=1_000_000)
+        _int_field("fail_timeout", self.fail_timeout, minimum=0, maximum=365 * 24 * 3600)
+        _int_field("max_conns", self.max_conns, minimum=0, maximum=1_000_000_000)
+        for flag in ("backup", "down"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ModelError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+
+    @property
+    def is_ip(self) -> bool:
+        return ":" in self.host or self.host.replace(".", "").isdigit()
+
+    @property
+    def address(self) -> str:
+        """`IP:port`, `[v6]:port` or `host:port`: the form `/detail` reports."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def render(self) -> str:
+        parts = ["server", self.address]
+        if self.weight != DEFAULT_WEIGHT:
+            parts.append(f"weight={self.weight}")
+        if self.max_conns:
+            parts.append(f"max_conns={self.max_conns}")
+        if self.max_fails != DEFAULT_MAX_FAILS:
+            parts.append(f"max_fails={self.max_fails}")
+        if self.fail_timeout != DEFAULT_FAIL_TIMEOUT:
+            parts.append(f"fail_timeout={self.fail_timeout}s")
+        if self.backup:
+            parts.append("backup")
+        if self.down:
+            parts.append("down")
+        return " ".join(parts) + ";"
+
+
+# Upstream-level directives we will ever send. No variables (a variable nginx.conf
+# does not already use poisons the worker), never `zone` (cannot work at run time).
+BALANCERS = {"least_conn": 0, "ip_hash": 0, "random": 0}
+RANDOM_VARIANTS = {(), ("two",), ("two", "least_conn")}
+KEEPALIVE = {"keepalive": "count", "keepalive_requests": "count", "keepalive_timeout": "time"}
+# Balancers with which nginx refuses `backup` servers.
+NO_BACKUP_BALANCERS = {"ip_hash", "random"}
+_TIME_RE = re.compile(r"(\d{1,7})(ms|s|m|h)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One allowlisted upstream-level directive, e.g. `least_conn` or `keepalive 16`."""
+
+    name: str
+    args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name in BALANCERS:
+            if self.name == "random":
+                if tuple(self.args) not in RANDOM_VARIANTS:
+                    raise ModelError(
+                        f"directive 'random' takes no argument, 'two' or 'two least_conn', "
+                        f"got {' '.join(self.args)!r}"
+                    )
+            elif self.args:
+                raise ModelError(f"directive {self.name!r} takes no argument")
+        elif self.name in KEEPALIVE:
+            if len(self.args) != 1:
+                raise ModelError(f"directive {self.name!r} takes exactly one argument")
+            arg = self.args[0]
+            if KEEPALIVE[self.name] == "count":
+                if not arg.isdigit() or not 1 <= int(arg) <= 1_000_000:
+                    raise ModelError(f"{self.name} needs a count 1-1000000, got {arg!r}")
+            elif not _TIME_RE.fullmatch(arg):
+                raise ModelError(f"{self.name} needs a time like 60s or 500ms, got {arg!r}")
+        else:
+            allowed = ", ".join(sorted([*BALANCERS, *KEEPALIVE]))
+            raise ModelError(f"directive {self.name!r} is not allowed; allowed: {allowed}")
+        object.__setattr__(self, "args", tuple(self.args))
+
+    @property
+    def is_balancer(self) -> bool:
+        return self.name in BALANCERS
+
+    def render(self) -> str:
+        return " ".join((self.name, *self.args)) + ";"
+
+    @classmethod
+    def parse(cls, text: str) -> Directive:
+        """Parse `keepalive 16` (an optional trailing `;` is allowed)."""
+        if not isinstance(text, str):
+            raise ModelError(f"directive must be a string, got {text!r}")
+        words = text.strip().removesuffix(";").split()
+        if not words:
+            raise ModelError("empty directive")
+        return cls(words[0], tuple(words[1:]))
+
+
+def _sort_directives(directives: Iterable[Directive]) -> tuple[Directive, ...]:
+    # The balancer must precede keepalive (nginx docs); a fixed order also makes
+    # rendering canonical, so equal upstreams always produce equal bodies.
+    order = {name: i for i, name in enumerate([*BALANCERS, *KEEPALIVE])}
+    return tuple(sorted(directives, key=lambda d: order[d.name]))
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A named set of servers plus allowlisted directives, in canonical order."""
+
+    name: str
+    servers: tuple[Server, ...]
+    directives: tuple[Directive, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", normalize_name(self.name))
+        servers = tuple(sorted(self.servers))
+        if not servers:
+            raise ModelError(f"upstream {self.name!r} has no server")
+        if all(s.backup for s in servers):
+            raise ModelError(f"upstream {self.name!r} has only backup servers")
+        seen: set[str] = set()
+        for server in servers:
+            if server.address in seen:
+                raise ModelError(f"upstream {self.name!r} lists {server.address} twice")
+            seen.add(server.address)
+        directives = _sort_directives(self.directives)
+        names = [d.name for d in directives]
+        if len(set(names)) != len(names):
+            raise ModelError(f"upstream {self.name!r} repeats a directive: {names}")
+        balancers = [d for d in directives if d.is_balancer]
+        if len(balancers) > 1:
+            raise ModelError(f"upstream {self.name!r} has more than one balancing method")
+        if (
+            balancers
+            and balancers[0].name in NO_BACKUP_BALANCERS
+            and any(s.backup for s in servers)
+        ):
+            raise ModelError(
+                f"upstream {self.name!r}: {balancers[0].name} cannot be used with backup servers"
+            )
+        object.__setattr__(self, "servers", servers)
+        object.__setattr__(self, "directives", directives)
+
+    def render(self) -> str:
+        """The canonical POST body: servers first, then the balancer, then keepalive.
+
+        Servers come before any balancer directive, so a balancer can never be
+        written before a `backup` server (which makes the module's POST fail).
+        """
+        return " ".join(
+            [*(s.render() for s in self.servers), *(d.render() for d in self.directives)]
+        )
+
+    @property
+    def has_hostnames(self) -> bool:
+        return any(not s.is_ip for s in self.servers)
+
+
+def check_unique(upstreams: Iterable[Upstream]) -> dict[str, Upstream]:
+    """Index upstreams by name; two that collide (after lower-casing) are an error."""
+    out: dict[str, Upstream] = {}
+    for upstream in upstreams:
+        if upstream.name in out:
+            raise ModelError(
+                f"two upstreams are named {upstream.name!r} (names are case-insensitive)"
+            )
+        out[upstream.name] = upstream
+    return out
+
+
+# ---------------------------------------------------------------- parsers
+# What the proxy reports. Parsers are tolerant of order, of a missing max_conns and of
+# unknown keys, and raise ParseError (never anything else) on text they cannot read.
+
+
+class ParseError(ValueError):
+    """A proxy answer that does not have the documented shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedUpstream:
+    """An upstream as a proxy reports it.
+
+    `servers` is None when only addresses are known (`GET /upstream/NAME`);
+    `body` is set only on the head flavour, whose `/list` returns the body as posted.
+    """
+
+    name: str
+    servers: tuple[Server, ...] | None
+    body: str | None = None
+
+
+_ADDR_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    match = _ADDR_RE.fullmatch(text)
+    if not match:
+        raise ParseError(f"unreadable server address {text!r}")
+    host = match.group("v6") or match.group("host")
+    return host, int(match.group("port"))
+
+
+def _parse_detail_server(line: str) -> Server:
+    words = line.split()
+    if len(words) < 2 or words[0] != "server":
+        raise ParseError(f"expected 'server ADDR ...', got {line!r}")
+    if words[1].startswith("unix:"):
+        raise ParseError(f"unix sockets are not managed by dyups-syncer: {line!r}")
+    host, port = parse_address(words[1])
+    params: dict[str, int] = {}
+    for word in words[2:]:
+        key, sep, value = word.partition("=")
+        if not sep or not value.isdigit():
+            raise ParseError(f"bad parameter {word!r} in {line!r}")
+        params[key] = int(value)
+    try:
+        return Server(
+            host=host,
+            port=port,
+            weight=params.get("weight", DEFAULT_WEIGHT),
+            max_fails=params.get("max_fails", DEFAULT_MAX_FAILS),
+            fail_timeout=params.get("fail_timeout", DEFAULT_FAIL_TIMEOUT),
+            backup=bool(params.get("backup", 0)),
+            down=bool(params.get("down", 0)),
+            max_conns=params.get("max_conns", 0),
+            allow_hostname=True,
+        )
+    except ModelError as e:
+        raise ParseError(f"bad server line {line!r}: {e}") from e
+
+
+def parse_detail(text: str) -> dict[str, ObservedUpstream]:
+    """Parse `GET /detail`: blocks of `NAME` then `server ...` lines, separated by blank lines."""
+    out: dict[str, ObservedUpstream] = {}
+    for block in text.split("\n\n"):
+        lines = [line for line in block.split("\n") if line.strip()]
+        if not lines:
+            continue
+        name = lines[0].strip().lower()
+        if name.startswith("server "):
+            raise ParseError(f"server line without an upstream name: {lines[0]!r}")
+        servers = tuple(sorted(_parse_detail_server(line) for line in lines[1:]))
+        out[name] = ObservedUpstream(name=name, servers=servers)
+    return out
+
+
+def parse_list_classic(text: str) -> set[str]:
+    """Parse classic `GET /list`: one name per line."""
+    return {line.strip().lower() for line in text.split("\n") if line.strip()}
+
+
+_HEAD_BLOCK_RE = re.compile(r"upstream (?P<name>[^\s{]+) \{\n(?P<body>.*?)\n\}\n", re.S)
+
+
+def parse_list_head(text: str) -> dict[str, ObservedUpstream]:
+    """Parse head `GET /list`: `upstream NAME {\\n<body as posted>\\n}\\n` blocks."""
+    out: dict[str, ObservedUpstream] = {}
+    pos = 0
+    for match in _HEAD_BLOCK_RE.finditer(text):
+        if text[pos : match.start()].strip():
+            raise ParseError(f"unexpected text in head /list at offset {pos}")
+        pos = match.end()
+        name = match.group("name").lower()
+        body = match.group("body")
+        out[name] = ObservedUpstream(name=name, servers=_servers_from_body(body), body=body)
+    if text[pos:].strip():
+        raise ParseError(f"unexpected text in head /list at offset {pos}")
+    return out
+
+
+def _servers_from_body(body: str) -> tuple[Server, ...] | None:
+    """Servers of a body we rendered; None if it is not in our canonical form."""
+    servers: list[Server] = []
+    for statement in body.split(";"):
+        words = statement.split()
+        if not words or words[0] != "server":
+            continue
+        try:
+            servers.append(_server_from_render(words[1:]))
+        except (ModelError, ParseError, ValueError, IndexError):
+            return None
+    return tuple(sorted(servers))
+
+
+def _server_from_render(words: list[str]) -> Server:
+    host, port = parse_address(words[0])
+    kwargs: dict[str, int | bool] = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep:
+            kwargs[key] = True
+        elif key == "fail_timeout":
+            kwargs[key] = int(value.removesuffix("s"))
+        else:
+            kwargs[key] = int(value)
+    return Server(host=host, port=port, allow_hostname=True, **kwargs)  # type: ignore[arg-type]
+
+
+def parse_upstream_addresses(text: str) -> list[str]:
+    """Parse `GET /upstream/NAME`: `server ADDR` per line, addresses only."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        words = line.split()
+        if len(words) != 2 or words[0] != "server":
+            raise ParseError(f"expected 'server ADDR', got {line!r}")
+        out.append(words[1])
+    return out
+
+
+def normalize_address(address: str) -> str:
+    """Canonical `host:port` for comparing reported addresses with ours."""
+    host, port = parse_address(address)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        host = host.lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------- plain data
+# For the snapshot: a JSON-able form that round-trips through the validating constructors.
+
+
+def upstream_to_data(upstream: Upstream) -> dict[str, object]:
+    return {
+        "servers": [
+            {
+                "host": s.host,
+                "port": s.port,
+                "weight": s.weight,
+                "max_fails": s.max_fails,
+                "fail_timeout": s.fail_timeout,
+                "backup": s.backup,
+                "down": s.down,
+                "max_conns": s.max_conns,
+            }
+            for s in upstream.servers
+        ],
+        "directives": [" ".join((d.name, *d.args)) for d in upstream.directives],
+    }
+
+
+def upstream_from_data(name: str, data: Mapping[str, object]) -> Upstream:
+    servers_raw = data.get("servers")
+    directives_raw = data.get("directives", [])
+    if not isinstance(servers_raw, list) or not isinstance(directives_raw, list):
+        raise ModelError(f"upstream {name!r}: servers and directives must be lists")
+    servers = []
+    for raw in servers_raw:
+        if not isinstance(raw, dict):
+            raise ModelError(f"upstream {name!r}: a server must be a mapping")
+        servers.append(Server(**raw, allow_hostname=True))
+    return Upstream(
+        name=name,
+        servers=tuple(servers),
+        directives=tuple(Directive.parse(d) for d in directives_raw),
+    )

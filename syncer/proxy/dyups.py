@@ -1,0 +1,457 @@
+"""Client of one dyups HTTP interface (see shared/dyups-interface.md).
+
+One attempt per call: retries, backoff and pacing live in the worker. Writes map
+every status/body pair the module can give to an `Outcome`; reads raise
+`ProxyUnavailable` (cannot talk to it) or `ProxyProtocolError` (it answered
+something that is not dyups).
+
+Built on `http.client` because the module joins only the first two buffers of a
+request body: the whole request must leave in one write, which `http.client`
+does for a bytes body (headers and body in one `sendall`), and because the
+module's quirks (a DELETE answered by closing the connection) need the raw
+exceptions that higher-level clients hide behind their own retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+from urllib.parse import quote, urlsplit
+
+from syncer.model import (
+    ObservedUpstream,
+    ParseError,
+    Upstream,
+    normalize_address,
+    parse_detail,
+    parse_list_classic,
+    parse_list_head,
+    parse_upstream_addresses,
+)
+
+_T = TypeVar("_T")
+FIX_TRUNCATION = "add `client_body_in_file_only clean;` to the dyups_interface location"
+
+
+class Flavour(StrEnum):
+    CLASSIC = "classic"  # Tengine, yzprofile up to 2020-03: /detail, /upstream/NAME, trylock
+    HEAD = "head"  # yzprofile since 2020-04: only /list, which echoes bodies
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    GONE = "gone"  # DELETE of an upstream the proxy does not have
+    CONFLICT = "conflict"  # 409, or a DELETE answered by a closed connection (trylock busy)
+    REJECTED = "rejected"  # `add server failed`, 413, 414: never resend the same body
+    DEGRADED = "degraded"  # `alert: ... not sync ...`: one worker has it, the others never will
+    UNSYNCED = (
+        "unsynced"  # head: DELETE 404 from a worker that has not synced, upstream still listed
+    )
+    VERIFY_FAILED = "verify_failed"  # 200, but the read-back differs (body truncated)
+    UNAVAILABLE = "unavailable"  # connection refused/reset, timeout
+    UNEXPECTED = "unexpected"  # any other answer: state unknown
+
+    @property
+    def retryable(self) -> bool:
+        return self not in (Outcome.APPLIED, Outcome.GONE, Outcome.REJECTED)
+
+    @property
+    def done(self) -> bool:
+        return self in (Outcome.APPLIED, Outcome.GONE)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    outcome: Outcome
+    status: int | None
+    body: str
+    duration: float
+    detail: str = ""
+
+
+class ProxyError(Exception):
+    """A read that did not give a usable answer."""
+
+
+class ProxyUnavailable(ProxyError):
+    """Connection refused, reset or timed out."""
+
+
+class ProxyProtocolError(ProxyError):
+    """The proxy answered, but not as a dyups interface does."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    url: str
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    headers: tuple[tuple[str, str], ...] = ()
+    basic_auth: tuple[str, str] | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+    flavour: Flavour | None = None  # None: detect
+    verify_after_write: bool = True
+    max_idle_connections: int = 4
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    body: str
+
+
+@dataclass
+class _Endpoint:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    ssl_context: ssl.SSLContext | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP connection with separate connect and read timeouts."""
+
+    read_timeout: float = 5.0
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(self.read_timeout)
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    read_timeout: float = 5.0
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.read_timeout)
+
+
+_Conn = _Connection | _TLSConnection
+_CLOSED_WITHOUT_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def _endpoint(settings: ClientSettings) -> _Endpoint:
+    parts = urlsplit(settings.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"proxy url {settings.url!r} must be http(s)://host[:port][/prefix]")
+    headers = dict(settings.headers)
+    if settings.basic_auth:
+        user, password = settings.basic_auth
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    context = None
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=settings.ca_file)
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        if settings.insecure_skip_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    default_port = 443 if parts.scheme == "https" else 80
+    return _Endpoint(
+        scheme=parts.scheme,
+        host=parts.hostname,
+        port=parts.port or default_port,
+        base_path=parts.path.rstrip("/"),
+        ssl_context=context,
+        headers=headers,
+    )
+
+
+class DyupsClient:
+    """Talks to one dyups interface over a small keep-alive connection pool."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self._endpoint = _endpoint(settings)
+        self._idle: list[_Conn] = []
+        self._lock = threading.Lock()
+        self._flavour: Flavour | None = settings.flavour
+
+    # ------------------------------------------------------------- transport
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    def _new_connection(self) -> _Conn:
+        ep = self._endpoint
+        conn: _Conn
+        if ep.scheme == "https":
+            conn = _TLSConnection(
+                ep.host, ep.port, timeout=self.settings.connect_timeout, context=ep.ssl_context
+            )
+        else:
+            conn = _Connection(ep.host, ep.port, timeout=self.settings.connect_timeout)
+        conn.read_timeout = self.settings.read_timeout
+        return conn
+
+    def _checkout(self, fresh: bool) -> tuple[_Conn, bool]:
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop(), True
+        return self._new_connection(), False
+
+    def _checkin(self, conn: _Conn) -> None:
+        with self._lock:
+            if len(self._idle) < self.settings.max_idle_connections:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, *, fresh: bool = False
+    ) -> _Answer:
+        """One request. A reused idle connection that the server had closed is retried
+        once on a new connection (nothing reached the module); anything else raises."""
+        conn, reused = self._checkout(fresh)
+        try:
+            return self._exchange(conn, method, path, body, keep=not fresh)
+        except _CLOSED_WITHOUT_ANSWER:
+            if not reused:
+                raise
+        conn, _ = self._checkout(fresh=True)
+        return self._exchange(conn, method, path, body, keep=not fresh)
+
+    def _exchange(
+        self, conn: _Conn, method: str, path: str, body: bytes | None, *, keep: bool
+    ) -> _Answer:
+        headers = dict(self._endpoint.headers)
+        if not keep:
+            headers["Connection"] = "close"
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        try:
+            conn.request(method, self._endpoint.base_path + path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException:
+            conn.close()
+            raise
+        # A 204 to a POST carries a stray body (a module quirk): never reuse that connection.
+        if keep and not response.will_close and response.status != 204:
+            self._checkin(conn)
+        else:
+            conn.close()
+        return _Answer(response.status, data.decode("utf-8", errors="replace"))
+
+    def _read(self, path: str, *, fresh: bool = False) -> _Answer:
+        try:
+            return self._request("GET", path, fresh=fresh)
+        except (OSError, http.client.HTTPException) as e:
+            self._flavour = self.settings.flavour  # a new connection epoch: detect again
+            raise ProxyUnavailable(f"GET {path}: {e.__class__.__name__}: {e}") from e
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def flavour(self) -> Flavour | None:
+        """The flavour detected in this connection epoch (None until the first read)."""
+        return self._flavour
+
+    def detect(self) -> Flavour:
+        if self._flavour is None:
+            self._classify_detail(self._read("/detail"))
+        assert self._flavour is not None
+        return self._flavour
+
+    def _classify_detail(self, answer: _Answer) -> dict[str, ObservedUpstream] | None:
+        if answer.status in (200, 204):
+            self._flavour = Flavour.CLASSIC
+            return _parse(parse_detail, answer.body) if answer.status == 200 else {}
+        if answer.status == 404 and not answer.body:
+            self._flavour = Flavour.HEAD
+            return None
+        raise ProxyProtocolError(
+            f"GET /detail answered {answer.status} {answer.body[:200]!r}: is {self.url} "
+            "a dyups_interface mounted at location / ?"
+        )
+
+    def observe(self) -> dict[str, ObservedUpstream]:
+        """Everything the proxy reports: `/detail` on classic, `/list` on head."""
+        if self._flavour is not Flavour.HEAD:
+            answer = self._read("/detail")
+            if self._flavour is None or answer.status == 404:
+                self._flavour = None
+                result = self._classify_detail(answer)
+                if result is not None:
+                    return result
+            else:
+                return self._detail_result(answer)
+        return self.list_head()
+
+    def _detail_result(self, answer: _Answer) -> dict[str, ObservedUpstream]:
+        if answer.status == 204:
+            return {}
+        if answer.status != 200:
+            raise ProxyProtocolError(f"GET /detail answered {answer.status}")
+        return _parse(parse_detail, answer.body)
+
+    def list_head(self, *, fresh: bool = False) -> dict[str, ObservedUpstream]:
+        answer = self._read("/list", fresh=fresh)
+        if answer.status == 204:
+            return {}
+        if answer.status != 200:
+            raise ProxyProtocolError(f"GET /list answered {answer.status}")
+        return _parse(parse_list_head, answer.body)
+
+    def list_names(self, *, fresh: bool = False) -> set[str]:
+        """Names the answering worker holds (the cheap probe)."""
+        flavour = self.detect()
+        if flavour is Flavour.HEAD:
+            return set(self.list_head(fresh=fresh))
+        answer = self._read("/list", fresh=fresh)
+        if answer.status == 204:
+            return set()
+        if answer.status != 200:
+            raise ProxyProtocolError(f"GET /list answered {answer.status}")
+        return parse_list_classic(answer.body)
+
+    def addresses(self, name: str) -> list[str] | None:
+        """Classic `GET /upstream/NAME`: the server addresses, or None if unknown."""
+        answer = self._read(f"/upstream/{quote(name)}")
+        if answer.status == 404:
+            return None
+        if answer.status != 200:
+            raise ProxyProtocolError(f"GET /upstream/{name} answered {answer.status}")
+        return _parse(parse_upstream_addresses, answer.body)
+
+    def kick(self, count: int) -> int:
+        """`GET /list` on `count` fresh connections, so that every nginx worker applies
+        the queued changes now instead of on its timer. Best effort: returns how many
+        got an answer."""
+        answered = 0
+        for _ in range(count):
+            try:
+                self._request("GET", "/list", fresh=True)
+                answered += 1
+            except (OSError, http.client.HTTPException):
+                break
+        return answered
+
+    # ----------------------------------------------------------------- writes
+    def upsert(self, upstream: Upstream) -> WriteResult:
+        body = upstream.render().encode()
+        # The model guarantees at least one server, so a body is never empty; an
+        # empty POST would answer 204 with a stray body or 500 (dyups-interface.md).
+        assert body, "refusing to POST an empty body"
+        started = time.monotonic()
+        path = f"/upstream/{quote(upstream.name)}"
+        try:
+            answer = self._request("POST", path, body)
+        except TimeoutError as e:
+            return _result(Outcome.UNAVAILABLE, None, f"timeout: {e}", started)
+        except (OSError, http.client.HTTPException) as e:
+            self._flavour = self.settings.flavour
+            return _result(Outcome.UNAVAILABLE, None, f"{e.__class__.__name__}: {e}", started)
+        outcome = _post_outcome(answer)
+        if outcome is Outcome.APPLIED and self.settings.verify_after_write:
+            mismatch = self._verify(upstream)
+            if mismatch:
+                return _result(Outcome.VERIFY_FAILED, answer.status, answer.body, started, mismatch)
+        return _result(outcome, answer.status, answer.body, started)
+
+    def _verify(self, upstream: Upstream) -> str:
+        """Read the upstream back; describe any difference ('' when it matches)."""
+        try:
+            if self.detect() is Flavour.HEAD:
+                held = self.list_head().get(upstream.name)
+                if held is None or held.body != upstream.render():
+                    got = None if held is None else held.body
+                    return f"read back {got!r}; {FIX_TRUNCATION}"
+                return ""
+            reported = self.addresses(upstream.name)
+        except ProxyError as e:
+            return f"read-back failed: {e}"
+        if reported is None:
+            return "read back: upstream missing"
+        want = Counter(s.address for s in upstream.servers)
+        if upstream.has_hostnames:
+            # Host names are reported resolved: only the count can be checked.
+            ok = len(reported) >= len(want)
+        else:
+            ok = Counter(normalize_address(a) for a in reported) == want
+        if ok:
+            return ""
+        return f"read back {len(reported)} of {sum(want.values())} servers; {FIX_TRUNCATION}"
+
+    def delete(self, name: str) -> WriteResult:
+        started = time.monotonic()
+        path = f"/upstream/{quote(name)}"
+        try:
+            answer = self._request("DELETE", path, fresh=False)
+        except _CLOSED_WITHOUT_ANSWER as e:
+            # With dyups_trylock on, a busy lock closes the connection: nothing deleted.
+            return _result(Outcome.CONFLICT, None, f"closed without answer: {e}", started)
+        except (OSError, http.client.HTTPException) as e:
+            self._flavour = self.settings.flavour
+            return _result(Outcome.UNAVAILABLE, None, f"{e.__class__.__name__}: {e}", started)
+        outcome = _delete_outcome(answer)
+        if outcome is Outcome.GONE and self._flavour is Flavour.HEAD:
+            # On head, a worker that has not synced the upstream says 404 although it exists.
+            try:
+                still_there = name in self.list_head(fresh=True)
+            except ProxyError as e:
+                return _result(Outcome.UNSYNCED, answer.status, answer.body, started, str(e))
+            if still_there:
+                return _result(Outcome.UNSYNCED, answer.status, answer.body, started)
+        return _result(outcome, answer.status, answer.body, started)
+
+
+def _parse(parser: Callable[[str], _T], text: str) -> _T:
+    try:
+        return parser(text)
+    except ParseError as e:
+        raise ProxyProtocolError(str(e)) from e
+
+
+def _result(
+    outcome: Outcome, status: int | None, body: str, started: float, detail: str = ""
+) -> WriteResult:
+    return WriteResult(outcome, status, body, time.monotonic() - started, detail)
+
+
+def _post_outcome(answer: _Answer) -> Outcome:
+    if answer.status == 200 and answer.body == "success":
+        return Outcome.APPLIED
+    if answer.status == 409:
+        return Outcome.CONFLICT
+    if answer.status == 500 and answer.body.startswith("add server failed"):
+        return Outcome.REJECTED
+    if answer.status == 500 and answer.body.startswith("alert:"):
+        return Outcome.DEGRADED
+    if answer.status in (413, 414):
+        return Outcome.REJECTED
+    return Outcome.UNEXPECTED
+
+
+def _delete_outcome(answer: _Answer) -> Outcome:
+    if answer.status == 200 and answer.body == "success":
+        return Outcome.APPLIED
+    if answer.status == 404 and answer.body.startswith("not found"):
+        return Outcome.GONE
+    if answer.status == 409:
+        return Outcome.CONFLICT
+    if answer.status == 500 and answer.body.startswith("alert:"):
+        return Outcome.DEGRADED
+    return Outcome.UNEXPECTED

@@ -1,0 +1,143 @@
+"""The snapshot file: desired state, ownership and last-applied bodies, on disk.
+
+Written atomically (temp file in the same directory, fsync, rename, fsync of the
+directory), so a crash at any point leaves either the old or the new snapshot,
+never a torn one. A snapshot that cannot be read is reported and ignored: the
+syncer then starts from its sources, and deletes nothing it does not know it owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+
+
+class SnapshotError(Exception):
+    """The snapshot exists but cannot be used; the message says why."""
+
+
+@dataclass
+class SnapshotData:
+    """Plain JSON-able content. `sources`: source name → upstream name → upstream data;
+    `proxies`: proxy url → {"owned": [names], "applied": {name: body hash}}."""
+
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    proxies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"format": FORMAT, "sources": self.sources, "proxies": self.proxies},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+
+def load(path: Path) -> SnapshotData | None:
+    """Read a snapshot; None if there is none yet; SnapshotError if unusable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise SnapshotError(f"cannot read {path}: {e}") from e
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SnapshotError(f"{path} is not valid JSON ({e}); truncated or corrupt") from e
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise SnapshotError(f"{path} has an unknown format (want format {FORMAT})")
+    sources, proxies = raw.get("sources"), raw.get("proxies")
+    if not isinstance(sources, dict) or not isinstance(proxies, dict):
+        raise SnapshotError(f"{path}: 'sources' and 'proxies' must be mappings")
+    return SnapshotData(sources=sources, proxies=proxies)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that readers see the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class SnapshotWriter:
+    """Writes the snapshot when asked: at once (`write_now`, for ownership claims that
+    must be durable before a POST) or coalesced (`mark_dirty`, written by a
+    background thread within `delay` seconds, so a burst of changes costs one fsync)."""
+
+    def __init__(
+        self,
+        path: Path,
+        produce: Callable[[], SnapshotData],
+        *,
+        delay: float = 0.2,
+        on_error: Callable[[Exception], None] = lambda e: None,
+    ) -> None:
+        self.path = path
+        self._produce = produce
+        self._delay = delay
+        self._on_error = on_error
+        self._lock = threading.Lock()  # one writer at a time
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.writes = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.write_now()
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def write_now(self) -> bool:
+        """Write the current state; False (and on_error) if the disk refused."""
+        with self._lock:
+            self._dirty.clear()
+            try:
+                write_atomic(self.path, self._produce().to_json())
+            except OSError as e:
+                self._dirty.set()  # try again on the next round
+                self._on_error(e)
+                return False
+            self.writes += 1
+            return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait()
+            if self._stop.is_set():
+                return
+            # Coalesce: let a burst settle, then write once.
+            self._stop.wait(self._delay)
+            if self._dirty.is_set() and not self.write_now():
+                self._stop.wait(1.0)

@@ -1,0 +1,285 @@
+"""The store: desired state, which source owns which upstream, and per-proxy records.
+
+Sources publish complete results (never deltas); the store merges them into
+immutable `DesiredState` versions that proxy workers wait on. Invariants:
+
+* not `ready` until every source has either completed its first read or been
+  restored from the snapshot: nothing is planned before, so an empty start can
+  never delete anything;
+* while any source is only restored (not yet read live), `restoring` is set and
+  the planner deletes nothing;
+* a source that suddenly publishes nothing keeps its last known upstreams
+  (unless `allow_empty`), and a failing source keeps them too;
+* an upstream name belongs to one source; another source publishing the same
+  name is refused for that name.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from syncer.model import ModelError, Upstream, upstream_from_data, upstream_to_data
+from syncer.snapshot import SnapshotData
+
+_REMOVED_KEEP = 10_000  # how many removal times to remember for lag of deletes
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    version: int
+    upstreams: Mapping[str, Upstream]
+    # Wall-clock time each upstream last changed at its origin (for sync lag);
+    # also holds removed names, with the time of their removal.
+    changed_at: Mapping[str, float]
+    ready: bool
+    restoring: bool
+    override_breaker: bool = False
+
+    @property
+    def servers(self) -> int:
+        return sum(len(u.servers) for u in self.upstreams.values())
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    collisions: tuple[str, ...] = ()
+    held_empty: bool = False
+
+
+@dataclass
+class ProxyRecord:
+    """What the syncer knows of one proxy across restarts."""
+
+    owned: set[str] = field(default_factory=set)
+    applied: dict[str, str] = field(default_factory=dict)  # name → body hash last accepted
+
+
+class Store:
+    def __init__(
+        self,
+        sources: Iterable[str],
+        *,
+        allow_empty: bool = False,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._sources = list(sources)
+        self._allow_empty = allow_empty
+        self._clock = clock
+        self._on_change = on_change  # the snapshot writer's mark_dirty
+        self._cond = threading.Condition()
+        self._by_source: dict[str, dict[str, Upstream]] = {s: {} for s in self._sources}
+        self._owner: dict[str, str] = {}
+        self._changed_at: dict[str, float] = {}
+        self._removed_at: OrderedDict[str, float] = OrderedDict()
+        self._synced: set[str] = set()
+        self._restored: set[str] = set()
+        self._held_empty: set[str] = set()
+        self._proxies: dict[str, ProxyRecord] = {}
+        self._override_version: int | None = None
+        self._version = 0
+        self._current = self._build()
+
+    # ----------------------------------------------------------- snapshot I/O
+    def restore(self, data: SnapshotData) -> list[str]:
+        """Load a snapshot before sources start; returns problems (skipped entries)."""
+        problems: list[str] = []
+        with self._cond:
+            for source, upstreams in data.sources.items():
+                if source not in self._by_source:
+                    problems.append(
+                        f"source {source!r} is no longer configured; its entries are dropped"
+                    )
+                    continue
+                restored: dict[str, Upstream] = {}
+                for name, raw in upstreams.items():
+                    try:
+                        restored[name] = upstream_from_data(name, raw)
+                    except (ModelError, TypeError) as e:
+                        problems.append(f"upstream {name!r} of {source!r}: {e}")
+                self._by_source[source] = restored
+                for name in restored:
+                    self._owner.setdefault(name, source)
+                self._restored.add(source)
+            for url, raw in data.proxies.items():
+                owned = raw.get("owned", [])
+                applied = raw.get("applied", {})
+                if isinstance(owned, list) and isinstance(applied, dict):
+                    self._proxies[url] = ProxyRecord(set(map(str, owned)), dict(applied))
+                else:
+                    problems.append(f"proxy {url!r}: malformed record")
+            self._bump()
+        return problems
+
+    def snapshot(self) -> SnapshotData:
+        with self._cond:
+            return SnapshotData(
+                sources={
+                    src: {n: upstream_to_data(u) for n, u in ups.items()}
+                    for src, ups in self._by_source.items()
+                },
+                proxies={
+                    url: {"owned": sorted(rec.owned), "applied": dict(rec.applied)}
+                    for url, rec in self._proxies.items()
+                },
+            )
+
+    # ---------------------------------------------------------------- sources
+    def publish(
+        self, source: str, upstreams: Mapping[str, Upstream], *, changed_at: float | None = None
+    ) -> PublishResult:
+        """Replace everything `source` provides. `changed_at`: when the change happened
+        at the origin (defaults to now)."""
+        if source not in self._by_source:
+            raise KeyError(f"unknown source {source!r}")
+        when = self._clock() if changed_at is None else changed_at
+        with self._cond:
+            previous = self._by_source[source]
+            first_live = source not in self._synced
+            self._synced.add(source)
+            if not upstreams and previous and not self._allow_empty:
+                self._held_empty.add(source)
+                if first_live:
+                    self._bump()
+                return PublishResult(held_empty=True)
+            self._held_empty.discard(source)
+            accepted: dict[str, Upstream] = {}
+            collisions: list[str] = []
+            for name, upstream in upstreams.items():
+                owner = self._owner.get(name)
+                if owner is not None and owner != source and name in self._by_source[owner]:
+                    collisions.append(name)
+                    continue
+                accepted[name] = upstream
+            changed = [n for n, u in accepted.items() if previous.get(n) != u]
+            removed = [n for n in previous if n not in accepted]
+            for name in changed:
+                self._owner[name] = source
+                self._changed_at[name] = when
+                self._removed_at.pop(name, None)
+            for name in removed:
+                self._owner.pop(name, None)
+                self._changed_at.pop(name, None)
+                self._removed_at[name] = when
+            while len(self._removed_at) > _REMOVED_KEEP:
+                self._removed_at.popitem(last=False)
+            self._by_source[source] = accepted
+            if changed or removed or first_live:
+                self._bump()
+            return PublishResult(tuple(changed), tuple(removed), tuple(sorted(collisions)))
+
+    @property
+    def held_empty(self) -> frozenset[str]:
+        with self._cond:
+            return frozenset(self._held_empty)
+
+    def synced(self, source: str) -> bool:
+        with self._cond:
+            return source in self._synced
+
+    # ------------------------------------------------------------- versions
+    def _build(self) -> DesiredState:
+        merged: dict[str, Upstream] = {}
+        for source, ups in self._by_source.items():
+            for name, upstream in ups.items():
+                if self._owner.get(name, source) == source:
+                    merged[name] = upstream
+        changed_at = {**self._removed_at, **self._changed_at}
+        known = self._synced | self._restored
+        return DesiredState(
+            version=self._version,
+            upstreams=MappingProxyType(merged),
+            changed_at=MappingProxyType(changed_at),
+            ready=all(s in known for s in self._sources),
+            restoring=not all(s in self._synced for s in self._sources),
+            override_breaker=self._override_version == self._version,
+        )
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._current = self._build()
+        self._cond.notify_all()
+        self._on_change()
+
+    def current(self) -> DesiredState:
+        with self._cond:
+            return self._current
+
+    def wait_newer(self, version: int, timeout: float) -> DesiredState:
+        """Block until a version newer than `version` exists, or `timeout` passes."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._current.version > version, timeout=timeout)
+            return self._current
+
+    def wake(self) -> None:
+        """Wake every waiter (shutdown)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def override_breaker(self) -> int:
+        """An operator allows the mass deletion the current desired version implies.
+        The override ends with the next change of desired state."""
+        with self._cond:
+            self._version += 1
+            self._override_version = self._version
+            self._current = self._build()
+            self._cond.notify_all()
+            return self._version
+
+    # ---------------------------------------------------------------- proxies
+    def proxy_record(self, url: str) -> ProxyRecord:
+        with self._cond:
+            rec = self._proxies.get(url, ProxyRecord())
+            return ProxyRecord(set(rec.owned), dict(rec.applied))
+
+    def claim(self, url: str, names: Iterable[str]) -> None:
+        with self._cond:
+            self._proxies.setdefault(url, ProxyRecord()).owned.update(names)
+
+    def release(self, url: str, names: Iterable[str]) -> None:
+        with self._cond:
+            rec = self._proxies.setdefault(url, ProxyRecord())
+            for name in names:
+                rec.owned.discard(name)
+                rec.applied.pop(name, None)
+        self._on_change()
+
+    def record_applied(self, url: str, name: str, digest: str | None) -> None:
+        with self._cond:
+            rec = self._proxies.setdefault(url, ProxyRecord())
+            if digest is None:
+                rec.applied.pop(name, None)
+            else:
+                rec.applied[name] = digest
+        self._on_change()
+
+    def forget_applied(self, url: str) -> None:
+        """The proxy lost its dynamic state (reload): our record of bodies is void."""
+        with self._cond:
+            self._proxies.setdefault(url, ProxyRecord()).applied.clear()
+        self._on_change()
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "version": self._current.version,
+                "ready": self._current.ready,
+                "restoring": self._current.restoring,
+                "sources": {
+                    s: {
+                        "synced": s in self._synced,
+                        "restored_from_snapshot": s in self._restored,
+                        "holding_last_known_because_empty": s in self._held_empty,
+                        "upstreams": len(self._by_source[s]),
+                    }
+                    for s in self._sources
+                },
+            }
