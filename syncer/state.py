@@ -213,10 +213,16 @@ class Store:
         with self._cond:
             return self._current
 
-    def wait_newer(self, version: int, timeout: float) -> DesiredState:
-        """Block until a version newer than `version` exists, or `timeout` passes."""
+    def wait_newer(
+        self, version: int, timeout: float, stop: threading.Event | None = None
+    ) -> DesiredState:
+        """Block until a version newer than `version` exists, `stop` is set (call
+        `wake` after setting it), or `timeout` passes."""
         with self._cond:
-            self._cond.wait_for(lambda: self._current.version > version, timeout=timeout)
+            self._cond.wait_for(
+                lambda: self._current.version > version or (stop is not None and stop.is_set()),
+                timeout=timeout,
+            )
             return self._current
 
     def wake(self) -> None:

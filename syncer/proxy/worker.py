@@ -1,0 +1,449 @@
+"""One worker per proxy: keeps one dyups interface holding the desired state.
+
+Wakes on a new desired version (debounced), on the probe timer (a cheap
+`GET /list` on a fresh connection: an owned upstream missing means the nginx
+reloaded, restarted or lost a worker, so it is re-posted at once), and on the
+resync timer (a full read that repairs any drift). Between those reads it plans
+against its cache of what the proxy holds, updated by each accepted write, so a
+single change costs a single POST. Retryable outcomes are retried with tenacity,
+interrupted by newer desired state; writes are paced by bytes; after a batch a
+few GETs on fresh connections make every nginx worker apply it now.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from syncer.metrics import Metrics
+from syncer.model import ObservedUpstream
+from syncer.plan import (
+    Delete,
+    Mode,
+    Ownership,
+    Plan,
+    PlanPolicy,
+    Upsert,
+    body_hash,
+    observed_after_post,
+    plan,
+)
+from syncer.proxy.dyups import (
+    FIX_TRUNCATION,
+    DyupsClient,
+    Flavour,
+    Outcome,
+    ProxyError,
+    ProxyUnavailable,
+    WriteResult,
+)
+from syncer.proxy.pacing import DEFAULT_BUDGET, Budget, TokenBucket, message_cost
+from syncer.state import DesiredState, Store
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    debounce: float = 0.1
+    probe_interval: float = 1.0
+    resync_interval: float = 10.0
+    mode: Mode = Mode.SYNC
+    max_delete_fraction: float = 0.5
+    owned_prefix: str = ""
+    adopt: frozenset[str] = frozenset()
+    budget: Budget = DEFAULT_BUDGET
+    read_msg_timeout: float = 1.0
+    kick_gets: int = 16
+    retry_attempts: int = 5
+    retry_initial: float = 0.05
+    retry_max: float = 2.0
+    down_backoff_max: float = 10.0
+
+
+class ProxyWorker:
+    def __init__(
+        self,
+        *,
+        label: str,
+        client: DyupsClient,
+        store: Store,
+        settings: WorkerSettings,
+        metrics: Metrics,
+        log: Any,
+        stop: threading.Event,
+        persist_now: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.label = label
+        self.client = client
+        self.store = store
+        self.s = settings
+        self.m = metrics
+        self.log = log.bind(proxy=label)
+        self.stop = stop
+        self._persist_now = persist_now
+        self._clock = clock
+        self._wall = wall
+        self._bucket = TokenBucket(settings.budget, clock=clock)
+        self._cache: dict[str, ObservedUpstream] | None = None
+        self._planned_version = -1
+        self._dirty = True  # something failed or drifted: plan again
+        self._next_probe = 0.0
+        self._next_resync = 0.0
+        self._retry_at: float | None = None
+        self._down_backoff = 0.0
+        self._rejected: set[tuple[str, str]] = set()
+        self._lag_recorded: dict[str, float] = {}
+        self._last_conflicts: tuple[str, ...] = ()
+        self._last_refused: tuple[str, ...] = ()
+        self.up: bool | None = None
+        self.reconciled_once = threading.Event()
+        self.last_error = ""
+        self.last_plan: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"proxy-{self.label}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                self.step()
+                failures = 0
+            except Exception as e:  # a bug must not kill the worker for good
+                failures += 1
+                self.last_error = f"{e.__class__.__name__}: {e}"
+                self.log.exception("worker_crashed", failures=failures)
+                self._cache = None
+                self.stop.wait(min(30.0, 0.5 * 2**failures))
+        self.client.close()
+
+    # ------------------------------------------------------------------- loop
+    def step(self) -> None:
+        """One round: read what is due, reconcile if needed, then wait for the next event."""
+        now = self._clock()
+        try:
+            if self._cache is None or now >= self._next_resync:
+                self._resync()
+            elif now >= self._next_probe:
+                self._probe()
+        except ProxyError as e:
+            self._went_down(e)
+            return
+        desired = self.store.current()
+        retry_due = self._retry_at is not None and now >= self._retry_at
+        if desired.ready and (desired.version != self._planned_version or self._dirty or retry_due):
+            self.reconcile(desired)
+        self._wait(desired.version)
+
+    def _wait(self, version: int) -> None:
+        deadlines = [self._next_probe, self._next_resync]
+        if self._retry_at is not None:
+            deadlines.append(self._retry_at)
+        timeout = max(0.0, min(deadlines) - self._clock())
+        newer = self.store.wait_newer(version, timeout, self.stop)
+        if newer.version != version and self.s.debounce > 0:
+            # Coalesce a burst of changes into one plan (not a trailing reset:
+            # a continuous stream is still applied every `debounce`).
+            self.stop.wait(self.s.debounce)
+
+    def _went_down(self, error: ProxyError) -> None:
+        self.last_error = str(error)
+        self._cache = None
+        if self.up is not False:
+            self.log.warning("proxy_down", error=str(error))
+        self.up = False
+        self.m.proxy_up.labels(self.label).set(0)
+        self._down_backoff = min(self.s.down_backoff_max, max(0.2, self._down_backoff * 2))
+        self.stop.wait(self._down_backoff)
+
+    def _came_up(self) -> None:
+        if self.up is False:
+            self.log.info("proxy_up", flavour=self.client.flavour)
+        self.up = True
+        self._down_backoff = 0.0
+        self.m.proxy_up.labels(self.label).set(1)
+
+    # ------------------------------------------------------------------ reads
+    def _resync(self) -> None:
+        """Full read; any difference from what we believed is drift, repaired by the plan."""
+        started = self._clock()
+        observed = self.client.observe()
+        self._observe_request("GET", "ok", self._clock() - started)
+        previous, first = self._cache, self._cache is None and self.up is not None
+        self._came_up()
+        if previous is not None:
+            self._count_drift(previous, observed)
+        elif first:
+            self.log.info("proxy_full_reconcile", upstreams=len(observed))
+        self._cache = dict(observed)
+        now = self._clock()
+        self._next_resync = now + self.s.resync_interval
+        self._next_probe = now + self.s.probe_interval
+        self._dirty = True
+
+    def _count_drift(
+        self, believed: dict[str, ObservedUpstream], observed: dict[str, ObservedUpstream]
+    ) -> None:
+        desired = self.store.current().upstreams
+        for name in desired:
+            was, now = believed.get(name), observed.get(name)
+            # Host-name servers are reported resolved: their form always differs.
+            if was is None or was == now or desired[name].has_hostnames:
+                continue
+            reason = "missing" if now is None else "changed"
+            self.m.drift_repairs.labels(self.label, reason).inc()
+            self.log.warning("drift_found", upstream=name, reason=reason, by="resync")
+
+    def _probe(self) -> None:
+        """Cheap check on a fresh connection (so it reaches any nginx worker)."""
+        started = self._clock()
+        names = self.client.list_names(fresh=True)
+        self._observe_request("GET", "ok", self._clock() - started)
+        self._came_up()
+        self._next_probe = self._clock() + self.s.probe_interval
+        assert self._cache is not None
+        desired = self.store.current().upstreams
+        missing = [n for n in desired if n in self._cache and n not in names]
+        if not missing:
+            return
+        # Workers can disagree after a crash: re-post even if another read shows them.
+        self.log.warning("upstreams_lost", missing=sorted(missing), count=len(missing))
+        self.store.forget_applied(self.label)
+        for name in missing:
+            del self._cache[name]
+            self.m.drift_repairs.labels(self.label, "lost").inc()
+        self._dirty = True
+
+    # -------------------------------------------------------------- reconcile
+    def reconcile(self, desired: DesiredState) -> Plan:
+        assert self._cache is not None
+        record = self.store.proxy_record(self.label)
+        ownership = Ownership(frozenset(record.owned), self.s.owned_prefix, self.s.adopt)
+        policy = PlanPolicy(
+            mode=self.s.mode,
+            max_delete_fraction=self.s.max_delete_fraction,
+            deletes_allowed=not desired.restoring,
+            override_breaker=desired.override_breaker,
+        )
+        result = plan(desired.upstreams, self._cache, ownership, policy, applied=record.applied)
+        self._planned_version = desired.version
+        self._dirty = False
+        self._retry_at = None
+        self._report_plan(result)
+        if result.releases:
+            self.store.release(self.label, result.releases)
+        if result.claims:
+            self.store.claim(self.label, result.claims)
+            if not self._persist_now():
+                self.log.error("ownership_not_persisted", upstreams=list(result.claims))
+        upserts = [u for u in result.upserts if (u.name, body_hash(u.body)) not in self._rejected]
+        failed = self._apply(desired, upserts, list(result.deletes))
+        if failed:
+            self._dirty = True
+            self._retry_at = self._clock() + self.s.retry_max
+        elif not result.refused and not result.conflicts:
+            self.m.last_sync.labels(self.label).set(self._wall())
+        if not failed:
+            self.reconciled_once.set()
+        return result
+
+    def _report_plan(self, result: Plan) -> None:
+        self.last_plan = {
+            "upserts": [u.name for u in result.upserts],
+            "deletes": [d.name for d in result.deletes],
+            "conflicts": list(result.conflicts),
+            "refused_deletes": list(result.refused_deletes),
+        }
+        self.m.ownership_conflicts.labels(self.label).set(len(result.conflicts))
+        if result.conflicts != self._last_conflicts and result.conflicts:
+            self.log.warning(
+                "upstreams_not_owned",
+                upstreams=list(result.conflicts),
+                hint="present on the proxy but not created by dyups-syncer; add them to `adopt` "
+                "or `owned_prefix` to manage them",
+            )
+        self._last_conflicts = result.conflicts
+        self.m.plan_refused.labels(self.label).set(1 if result.refused else 0)
+        if result.refused and result.refused_deletes != self._last_refused:
+            self.m.plan_refused_total.labels(self.label).inc()
+            self.log.error(
+                "mass_delete_refused",
+                deleting=len(result.refused_deletes),
+                owned=result.owned_present,
+                max_delete_fraction=self.s.max_delete_fraction,
+                upstreams=list(result.refused_deletes)[:50],
+                hint="send SIGUSR1 to the syncer to allow this deletion once",
+            )
+        self._last_refused = result.refused_deletes
+
+    def _apply(self, desired: DesiredState, upserts: list[Upsert], deletes: list[Delete]) -> int:
+        """Apply upserts then deletes (new servers before old ones go); returns failures."""
+        failed = 0
+        written = 0
+        try:
+            changes: list[Upsert | Delete] = [*upserts, *deletes]
+            for change in changes:
+                if self.stop.is_set():
+                    return failed + 1
+                if self.store.current().version != desired.version:
+                    # Newer desired state: stop here and plan again from the cache,
+                    # which already holds what this batch wrote.
+                    self._dirty = True
+                    return failed
+                result = self._write(change, desired.version)
+                if result.outcome is Outcome.UNAVAILABLE:
+                    raise ProxyUnavailable(result.body)
+                if result.outcome.done:
+                    written += 1
+                    self._accepted(change, desired)
+                else:
+                    failed += 1
+                    if result.outcome is not Outcome.REJECTED and self._cache is not None:
+                        self._cache.pop(change.name, None)  # state unknown: re-post next time
+        except ProxyUnavailable as e:
+            self._went_down(e)
+            return failed + 1
+        finally:
+            if written and self.s.kick_gets:
+                self.client.kick(self.s.kick_gets)
+        return failed
+
+    def _write(self, change: Upsert | Delete, version: int) -> WriteResult:
+        class NewerOrStopping(tenacity.stop.stop_base):
+            def __call__(inner, _: tenacity.RetryCallState) -> bool:
+                return self.stop.is_set() or self.store.current().version != version
+
+        def sleep(seconds: float) -> None:
+            self.stop.wait(seconds)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_result(
+                lambda r: r.outcome.retryable and r.outcome is not Outcome.UNAVAILABLE
+            ),
+            wait=tenacity.wait_exponential_jitter(
+                initial=self.s.retry_initial, max=self.s.retry_max
+            ),
+            stop=tenacity.stop_after_attempt(self.s.retry_attempts) | NewerOrStopping(),
+            sleep=sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        )
+        result: WriteResult = retrying(self._write_once, change)
+        return result
+
+    def _write_once(self, change: Upsert | Delete) -> WriteResult:
+        cost = (
+            message_cost(change.body) if isinstance(change, Upsert) else message_cost(change.name)
+        )
+        if not self._bucket.acquire(cost, self.stop):
+            return WriteResult(Outcome.UNAVAILABLE, None, "stopping", 0.0)
+        if isinstance(change, Upsert):
+            method, result = "POST", self.client.upsert(change.upstream)
+        else:
+            method, result = "DELETE", self.client.delete(change.name)
+        self._observe_request(method, result.outcome.value, result.duration)
+        self._log_outcome(change, result)
+        return result
+
+    def _log_outcome(self, change: Upsert | Delete, result: WriteResult) -> None:
+        fields: dict[str, Any] = {
+            "upstream": change.name,
+            "outcome": result.outcome.value,
+            "duration_ms": round(result.duration * 1000, 2),
+        }
+        if isinstance(change, Upsert):
+            fields.update(reason=change.reason, servers=len(change.upstream.servers))
+        event = "upstream_updated" if isinstance(change, Upsert) else "upstream_deleted"
+        outcome = result.outcome
+        if outcome.done:
+            self.log.info(event, **fields)
+        elif outcome is Outcome.CONFLICT:
+            self.m.conflicts.labels(self.label).inc()
+            self.log.info(event, **fields, status=result.status)
+        elif outcome is Outcome.REJECTED:
+            self.m.rejected.labels(self.label).inc()
+            assert isinstance(change, Upsert)
+            self._rejected.add((change.name, body_hash(change.body)))
+            self.log.error(
+                event,
+                **fields,
+                status=result.status,
+                answer=result.body,
+                body=change.body,
+                hint="not resent until desired state changes",
+            )
+        elif outcome is Outcome.DEGRADED:
+            self.m.degraded.labels(self.label).inc()
+            self.log.error(
+                event,
+                **fields,
+                answer=result.body,
+                hint="the module's message queue is full: other nginx workers miss this "
+                "change; waiting for the queue to drain, then posting again. Raise "
+                "dyups_shm_zone_size or lower the write budget",
+            )
+            self._bucket.drain()
+            self.stop.wait(self.s.read_msg_timeout)
+        elif outcome is Outcome.VERIFY_FAILED:
+            self.m.verify_failures.labels(self.label).inc()
+            self.log.error(event, **fields, detail=result.detail, fix=FIX_TRUNCATION)
+        else:
+            self.log.warning(
+                event,
+                **fields,
+                status=result.status,
+                answer=result.body[:200],
+                detail=result.detail,
+            )
+
+    def _accepted(self, change: Upsert | Delete, desired: DesiredState) -> None:
+        assert self._cache is not None
+        head = self.client.flavour is Flavour.HEAD
+        if isinstance(change, Upsert):
+            self._cache[change.name] = observed_after_post(change.upstream, head=head)
+            self.store.record_applied(self.label, change.name, body_hash(change.body))
+        else:
+            self._cache.pop(change.name, None)
+            self.store.release(self.label, [change.name])
+        changed_at = desired.changed_at.get(change.name)
+        # Lag is measured once per source change; a later repair of the same
+        # change is drift, not sync lag.
+        if changed_at is not None and self._lag_recorded.get(change.name) != changed_at:
+            self._lag_recorded[change.name] = changed_at
+            self.m.sync_lag.labels(self.label).observe(max(0.0, self._wall() - changed_at))
+
+    def _observe_request(self, method: str, outcome: str, duration: float) -> None:
+        self.m.requests.labels(self.label, method, outcome).inc()
+        self.m.request_duration.labels(self.label, method).observe(duration)
+
+    # ----------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        record = self.store.proxy_record(self.label)
+        return {
+            "url": self.client.url,
+            "up": self.up,
+            "flavour": None if self.client.flavour is None else self.client.flavour.value,
+            "reconciled_once": self.reconciled_once.is_set(),
+            "planned_version": self._planned_version,
+            "owned": sorted(record.owned),
+            "held": None if self._cache is None else len(self._cache),
+            "last_plan": self.last_plan,
+            "last_error": self.last_error,
+            "rejected_bodies": sorted(name for name, _ in self._rejected),
+        }
