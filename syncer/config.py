@@ -1,0 +1,303 @@
+"""Configuration: one YAML file plus `DYUPS_SYNCER_…` environment overrides.
+
+Validated with pydantic; every error names the field and the reason. An
+environment variable `DYUPS_SYNCER_A__B__0__C=value` sets `a.b[0].c`; the value
+is read as YAML, so `0.5`, `true`, `10s` and `[...]` all work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from syncer.model import ModelError, normalize_name
+
+ENV_PREFIX = "DYUPS_SYNCER_"
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_DURATION_UNIT = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_RE = re.compile(r"(\d+)([kKmMgG])?")
+_SIZE_UNIT = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ConfigError(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 100ms, 10s or 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
+        seconds = float(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 100ms, 10s or 5m, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 2m or 512k")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        unit = m.group(2).lower() if m.group(2) else None
+        return int(m.group(1)) * _SIZE_UNIT[unit]
+    raise ValueError(f"expected a size in bytes like 2m or 512k, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSourceConfig(_Strict):
+    type: Literal["file"]
+    path: Path
+    name: str | None = None
+    poll_interval: Duration = 1.0
+    allow_hostnames: bool = False
+
+    @property
+    def source_name(self) -> str:
+        return self.name or f"file:{self.path}"
+
+
+SourceConfig = Annotated[FileSourceConfig, Field(discriminator="type")]
+
+
+class BasicAuth(_Strict):
+    username: str
+    password: str = Field(repr=False)
+
+
+class TLSConfig(_Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class ProxyConfig(_Strict):
+    url: str
+    name: str | None = None
+    headers: dict[str, str] = {}
+    basic_auth: BasicAuth | None = None
+    tls: TLSConfig | None = None
+    flavour: Literal["auto", "classic", "head"] = "auto"
+    # The module's settings on this proxy: they bound how fast it may be written.
+    shm_zone_size: Size = 2 * 1024 * 1024
+    read_msg_timeout: Duration = 1.0
+    write_budget: Size | None = None  # bytes/s; default derived from the two above
+    nginx_workers: int = Field(default=2, ge=1, le=1024)
+    kick: bool = True
+    kick_gets: int | None = Field(default=None, ge=0, le=1024)
+    connect_timeout: Duration = 2.0
+    read_timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be http(s)://host:port of a dyups_interface server")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]+", key) or any(c in val for c in "\r\n"):
+                raise ValueError(f"header {key!r} is not a valid HTTP header")
+        return value
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        return parts.netloc + parts.path
+
+
+class ProxiesConfig(_Strict):
+    static: list[ProxyConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ProxiesConfig:
+        labels = [p.label for p in self.static]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"two proxies share the name/url {dupes}")
+        return self
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    proxies: ProxiesConfig
+    snapshot_path: Path
+    resync_interval: Duration = 10.0
+    probe_interval: Duration = 1.0
+    debounce: Duration = 0.1
+    policy: Literal["sync", "upsert-only"] = "sync"
+    max_delete_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    owned_prefix: str = ""
+    adopt: list[str] = []
+    allow_empty: bool = False
+    verify_after_write: bool = True
+    listen: str = "127.0.0.1:9105"
+    log: LogConfig = LogConfig()
+
+    @field_validator("resync_interval", "probe_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("adopt")
+    @classmethod
+    def _adopt(cls, value: list[str]) -> list[str]:
+        try:
+            return [normalize_name(v) for v in value]
+        except ModelError as e:
+            raise ValueError(str(e)) from e
+
+    @field_validator("owned_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9_.-]+", value.lower()):
+            raise ValueError("must use [a-z0-9_.-]")
+        return value.lower()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:9105")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Config:
+        names = [s.source_name for s in self.sources]
+        dupes = sorted({x for x in names if names.count(x) > 1})
+        if dupes:
+            raise ValueError(f"two sources share the name {dupes}; give each a distinct 'name'")
+        return self
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = data
+    for i, key in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            index = int(key)
+            while len(node) <= index:
+                node.append({})
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if last:
+            node[key] = value
+        else:
+            nxt = path[i + 1]
+            node = node.setdefault(key, [] if nxt.isdigit() else {})
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        raw = env[key]
+        # Scalars stay strings (pydantic reads "0.5", "true" or "10s" for typed
+        # fields, and a password "yes" stays "yes"); lists and mappings are YAML.
+        value: Any = raw
+        if raw.lstrip().startswith(("[", "{")):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+        _set_path(data, path, value)
+    return data
+
+
+def format_errors(error: ValidationError, origin: str) -> list[str]:
+    out = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        out.append(f"{origin}: {loc}: {msg}")
+    return out
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    origin = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{origin}: cannot read: {e.strerror or e}"]) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{origin}: not valid YAML: {e}"]) from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{origin}: the configuration must be a mapping"])
+    data = apply_env(data, env)
+    base = path.parent
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, origin)) from e
+    return _resolve_paths(config, base)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative paths in the file are relative to the file, not to the working directory."""
+
+    def rel(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    sources = [s.model_copy(update={"path": rel(s.path)}) for s in config.sources]
+    return config.model_copy(
+        update={"sources": sources, "snapshot_path": rel(config.snapshot_path)}
+    )

@@ -1,0 +1,252 @@
+"""File source: a YAML file of upstreams, re-read when it changes.
+
+    upstreams:
+      web:
+        servers:
+          - 10.0.0.7:8080
+          - {address: "[fd00::9]:8080", weight: 3, max_fails: 2, fail_timeout: 5s, backup: true}
+        directives: [least_conn, keepalive 16]
+
+A file that cannot be read, parsed or validated keeps the last good state; the
+error names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from syncer.metrics import Metrics
+from syncer.model import (
+    Directive,
+    ModelError,
+    ParseError,
+    Server,
+    Upstream,
+    normalize_name,
+    parse_address,
+)
+from syncer.sources.base import Source
+from syncer.state import Store
+
+SERVER_KEYS = {
+    "address",
+    "host",
+    "port",
+    "weight",
+    "max_fails",
+    "fail_timeout",
+    "backup",
+    "down",
+    "max_conns",
+}
+_SECONDS_RE = re.compile(r"(\d+)(s|m|h)?")
+_UNIT = {None: 1, "s": 1, "m": 60, "h": 3600}
+
+
+class SourceDataError(ValueError):
+    """Bad content; the message is `file:line: field: reason`."""
+
+
+def whole_seconds(value: object) -> int:
+    """`10`, `"10"`, `"10s"`, `"1m"` → seconds. nginx reports fail_timeout in whole seconds."""
+    if isinstance(value, bool):
+        raise ModelError(f"expected a duration, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and (m := _SECONDS_RE.fullmatch(value.strip())):
+        return int(m.group(1)) * _UNIT[m.group(2)]
+    raise ModelError(f"expected whole seconds like 10 or 10s or 1m, got {value!r}")
+
+
+def _line_of(node: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
+    """1-based line of the YAML node at `path` (or of its nearest existing parent)."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in path:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    child = v
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            child = node.value[key]
+        if child is None:
+            break
+        node, line = child, child.start_mark.line + 1
+    return line
+
+
+def _server(raw: object, *, allow_hostnames: bool) -> Server:
+    if isinstance(raw, str):
+        raw = {"address": raw}
+    if not isinstance(raw, dict):
+        raise ModelError("a server is 'host:port' or a mapping with 'address'")
+    unknown = set(raw) - SERVER_KEYS
+    if unknown:
+        raise ModelError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SERVER_KEYS)}")
+    kwargs = dict(raw)
+    if "address" in kwargs:
+        if "host" in kwargs or "port" in kwargs:
+            raise ModelError("give either 'address' or 'host' and 'port'")
+        address = kwargs.pop("address")
+        if not isinstance(address, str):
+            raise ModelError(f"address must be 'host:port', got {address!r}")
+        try:
+            kwargs["host"], kwargs["port"] = parse_address(address.strip())
+        except ParseError as e:
+            raise ModelError(f"address {address!r} must be IP:port or [IPv6]:port") from e
+    if "fail_timeout" in kwargs:
+        kwargs["fail_timeout"] = whole_seconds(kwargs["fail_timeout"])
+    return Server(**kwargs, allow_hostname=allow_hostnames)
+
+
+def _upstream(name: str, raw: object, *, allow_hostnames: bool) -> Upstream:
+    """Build one upstream; an error carries the path of the offending field (`_At`)."""
+    if not isinstance(raw, dict):
+        raise _At((), "an upstream is a mapping with 'servers' (and optional 'directives')")
+    unknown = set(raw) - {"servers", "directives"}
+    if unknown:
+        raise _At((sorted(unknown)[0],), "unknown key; allowed: servers, directives")
+    servers_raw = raw.get("servers")
+    if not isinstance(servers_raw, list) or not servers_raw:
+        raise _At(("servers",), "must be a non-empty list")
+    servers = []
+    for i, item in enumerate(servers_raw):
+        try:
+            servers.append(_server(item, allow_hostnames=allow_hostnames))
+        except (ModelError, TypeError) as e:
+            raise _At(("servers", i), str(e)) from e
+    directives_raw = raw.get("directives") or []
+    if not isinstance(directives_raw, list):
+        raise _At(("directives",), "must be a list like [least_conn, keepalive 16]")
+    directives = []
+    for i, item in enumerate(directives_raw):
+        try:
+            directives.append(Directive.parse(item))
+        except ModelError as e:
+            raise _At(("directives", i), str(e)) from e
+    try:
+        return Upstream(name, tuple(servers), tuple(directives))
+    except ModelError as e:
+        raise _At((), str(e)) from e
+
+
+class _At(Exception):
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> dict[str, Upstream]:
+    """Parse and validate a whole file; SourceDataError names file, line and field."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark else origin
+        raise SourceDataError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
+
+    def fail(path: tuple[str | int, ...], message: str) -> SourceDataError:
+        line = _line_of(node, path)
+        field = ".".join(str(p) for p in path) or "(document)"
+        return SourceDataError(f"{origin}:{line or 1}: {field}: {message}")
+
+    if data is None:
+        data = {"upstreams": {}}
+    if not isinstance(data, dict) or set(data) - {"upstreams"}:
+        raise fail((), "the file must be a mapping with one key, 'upstreams'")
+    upstreams_raw = data.get("upstreams") or {}
+    if not isinstance(upstreams_raw, dict):
+        raise fail(("upstreams",), "must map upstream names to {servers: [...]}")
+    out: dict[str, Upstream] = {}
+    for raw_name, raw in upstreams_raw.items():
+        path: tuple[str | int, ...] = ("upstreams", raw_name)
+        try:
+            name = normalize_name(str(raw_name))
+        except ModelError as e:
+            raise fail(path, str(e)) from e
+        if name in out:
+            raise fail(
+                path, f"collides with another upstream named {name!r} (names are case-insensitive)"
+            )
+        try:
+            out[name] = _upstream(name, raw, allow_hostnames=allow_hostnames)
+        except _At as e:
+            raise fail(path + e.path, e.message) from e
+    return out
+
+
+class FileSource(Source):
+    def __init__(
+        self,
+        *,
+        name: str,
+        path: Path,
+        store: Store,
+        metrics: Metrics,
+        log: Any,
+        poll_interval: float = 1.0,
+        allow_hostnames: bool = False,
+    ) -> None:
+        super().__init__(name=name, store=store, metrics=metrics, log=log)
+        self.path = path
+        self.poll_interval = poll_interval
+        self.allow_hostnames = allow_hostnames
+        self._last_stat: tuple[int, int, int] | None = None
+        self._last_digest: str | None = None
+        self._bad_digest: str | None = None
+
+    def read_once(self) -> Mapping[str, Upstream]:
+        """Read and validate the file (used by `plan` and `check-config`); raises on error."""
+        text = self.path.read_text(encoding="utf-8")
+        return parse_document(text, origin=str(self.path), allow_hostnames=self.allow_hostnames)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.poll()
+            stop.wait(self.poll_interval)
+
+    def poll(self) -> None:
+        """Re-read the file if it changed (stat first, then content, so touching it is free)."""
+        try:
+            st = os.stat(self.path)  # follows symlinks: ConfigMap volumes swap a symlink
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if key == self._last_stat and self.healthy:
+                return
+            self._last_stat = key
+            raw = self.path.read_bytes()
+        except OSError as e:
+            if self._last_stat is not None or not self.last_error:
+                self.log.error(
+                    "source_read_failed",
+                    path=str(self.path),
+                    error=str(e),
+                    hint="keeping the last good upstreams",
+                )
+            self._last_stat = None
+            self.failed("read", f"{self.path}: {e.strerror or e}")
+            return
+        digest = hashlib.sha256(raw).hexdigest()
+        if (digest == self._last_digest and self.healthy) or digest == self._bad_digest:
+            return
+        try:
+            upstreams = parse_document(
+                raw.decode("utf-8"), origin=str(self.path), allow_hostnames=self.allow_hostnames
+            )
+        except (SourceDataError, UnicodeDecodeError) as e:
+            self._bad_digest = digest  # counted and logged once per bad content
+            self.log.error("source_invalid", error=str(e), hint="keeping the last good upstreams")
+            self.failed("invalid", str(e))
+            return
+        self._last_digest, self._bad_digest = digest, None
+        self.publish(upstreams)
