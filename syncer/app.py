@@ -1,0 +1,281 @@
+"""Wires config, store, snapshot, sources, proxy workers and the status server."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from syncer import log as logging_
+from syncer.config import Config, FileSourceConfig, ProxyConfig
+from syncer.http import StatusServer
+from syncer.metrics import Metrics
+from syncer.model import Upstream
+from syncer.plan import Mode, Ownership, Plan, PlanPolicy, plan
+from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour
+from syncer.proxy.pacing import Budget, kick_count
+from syncer.proxy.worker import ProxyWorker, WorkerSettings
+from syncer.snapshot import SnapshotError, SnapshotWriter
+from syncer.snapshot import load as load_snapshot
+from syncer.sources.base import Source
+from syncer.sources.file import FileSource
+from syncer.state import Store
+
+
+def client_settings(proxy: ProxyConfig, *, verify: bool) -> ClientSettings:
+    tls = proxy.tls
+    return ClientSettings(
+        url=proxy.url,
+        connect_timeout=proxy.connect_timeout,
+        read_timeout=proxy.read_timeout,
+        headers=tuple(proxy.headers.items()),
+        basic_auth=(proxy.basic_auth.username, proxy.basic_auth.password)
+        if proxy.basic_auth
+        else None,
+        ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+        key_file=str(tls.key_file) if tls and tls.key_file else None,
+        insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
+        flavour=None if proxy.flavour == "auto" else Flavour(proxy.flavour),
+        verify_after_write=verify,
+    )
+
+
+def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
+    budget = Budget.for_zone(proxy.shm_zone_size, proxy.read_msg_timeout)
+    if proxy.write_budget:
+        budget = Budget(rate=float(proxy.write_budget), burst=min(budget.burst, proxy.write_budget))
+    kicks = 0
+    if proxy.kick:
+        kicks = proxy.kick_gets if proxy.kick_gets is not None else kick_count(proxy.nginx_workers)
+    return WorkerSettings(
+        debounce=config.debounce,
+        probe_interval=config.probe_interval,
+        resync_interval=config.resync_interval,
+        mode=Mode(config.policy),
+        max_delete_fraction=config.max_delete_fraction,
+        owned_prefix=config.owned_prefix,
+        adopt=frozenset(config.adopt),
+        budget=budget,
+        read_msg_timeout=proxy.read_msg_timeout,
+        kick_gets=kicks,
+    )
+
+
+def build_source(cfg: FileSourceConfig, store: Store, metrics: Metrics, log: Any) -> Source:
+    return FileSource(
+        name=cfg.source_name,
+        path=cfg.path,
+        store=store,
+        metrics=metrics,
+        log=log,
+        poll_interval=cfg.poll_interval,
+        allow_hostnames=cfg.allow_hostnames,
+    )
+
+
+class App:
+    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.log = logging_.get("dyups_syncer")
+        self.metrics = metrics or Metrics()
+        self.stop_event = threading.Event()
+        self.writer: SnapshotWriter | None = None
+        self.store = Store(
+            [s.source_name for s in config.sources],
+            allow_empty=config.allow_empty,
+            on_change=self._mark_dirty,
+        )
+        self.writer = SnapshotWriter(
+            config.snapshot_path, self.store.snapshot, on_error=self._snapshot_failed
+        )
+        self.sources = [build_source(s, self.store, self.metrics, self.log) for s in config.sources]
+        self.workers = [
+            ProxyWorker(
+                label=p.label,
+                client=DyupsClient(client_settings(p, verify=config.verify_after_write)),
+                store=self.store,
+                settings=worker_settings(config, p),
+                metrics=self.metrics,
+                log=self.log,
+                stop=self.stop_event,
+                persist_now=self.writer.write_now,
+            )
+            for p in config.proxies.static
+        ]
+        self.metrics.upstreams_desired.set_function(lambda: len(self.store.current().upstreams))
+        self.metrics.servers_desired.set_function(lambda: self.store.current().servers)
+        self.http: StatusServer | None = None
+
+    def _mark_dirty(self) -> None:
+        if self.writer is not None:
+            self.writer.mark_dirty()
+
+    def _snapshot_failed(self, error: Exception) -> None:
+        self.metrics.snapshot_errors.labels("write").inc()
+        self.log.error(
+            "snapshot_write_failed",
+            path=str(self.config.snapshot_path),
+            error=str(error),
+            hint="the syncer keeps running; ownership may be lost on restart",
+        )
+
+    # -------------------------------------------------------------- lifecycle
+    def restore_snapshot(self) -> None:
+        path = self.config.snapshot_path
+        try:
+            data = load_snapshot(path)
+        except SnapshotError as e:
+            self.metrics.snapshot_errors.labels("read").inc()
+            self.log.warning(
+                "snapshot_unusable",
+                path=str(path),
+                error=str(e),
+                hint="starting from the sources alone; nothing is deleted because of it",
+            )
+            return
+        if data is None:
+            self.log.info("snapshot_absent", path=str(path))
+            return
+        for problem in self.store.restore(data):
+            self.log.warning("snapshot_entry_skipped", problem=problem)
+        self.log.info(
+            "snapshot_restored", path=str(path), upstreams=len(self.store.current().upstreams)
+        )
+
+    def start(self, *, serve_http: bool = True) -> None:
+        self.restore_snapshot()
+        assert self.writer is not None
+        self.writer.start()
+        for source in self.sources:
+            source.start()
+        for worker in self.workers:
+            worker.start()
+        if serve_http:
+            self.http = StatusServer(
+                self.config.listen_address,
+                registry=self.metrics.registry,
+                healthy=self.healthy,
+                ready=self.ready,
+                state=self.state,
+            )
+            self.http.start()
+        self.log.info(
+            "started",
+            proxies=[w.label for w in self.workers],
+            sources=[s.name for s in self.sources],
+            listen=self.config.listen,
+        )
+
+    def shutdown(self) -> None:
+        """Finish the calls in flight, flush the snapshot, stop."""
+        self.stop_event.set()
+        self.store.wake()
+        for source in self.sources:
+            source.stop()
+        for worker in self.workers:
+            worker.join(timeout=max(5.0, 2 * self.config.proxies.static[0].read_timeout))
+        if self.writer is not None:
+            self.writer.stop()
+        if self.http is not None:
+            self.http.stop()
+        self.log.info("stopped")
+
+    def run_forever(self) -> None:
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            self.stop_event.set()  # handlers only set flags
+
+        def on_usr1(signum: int, _frame: FrameType | None) -> None:
+            self._override_requested.set()
+
+        self._override_requested = threading.Event()
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGUSR1, on_usr1)
+        self.start()
+        while not self.stop_event.wait(0.2):
+            if self._override_requested.is_set():
+                self._override_requested.clear()
+                version = self.store.override_breaker()
+                self.log.warning(
+                    "breaker_override",
+                    version=version,
+                    hint="mass deletion allowed until desired state changes",
+                )
+        self.shutdown()
+
+    # ----------------------------------------------------------------- health
+    def healthy(self) -> tuple[bool, list[str]]:
+        reasons = [f"source {s.name}: thread stopped" for s in self.sources if not s.alive]
+        reasons += [f"proxy {w.label}: worker thread stopped" for w in self.workers if not w.alive]
+        return not reasons, reasons
+
+    def ready(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if not self.store.current().ready:
+            reasons += [
+                f"source {s.name}: first read not done" for s in self.sources if not s.synced
+            ]
+        for w in self.workers:
+            if not (w.reconciled_once.is_set() or w.up is False):
+                reasons.append(f"proxy {w.label}: not reconciled yet")
+        return not reasons, reasons
+
+    def state(self) -> dict[str, Any]:
+        desired = self.store.current()
+        return {
+            "store": self.store.status(),
+            "sources": {s.name: s.status() for s in self.sources},
+            "desired": {
+                name: {"body": u.render(), "changed_at": desired.changed_at.get(name)}
+                for name, u in sorted(desired.upstreams.items())
+            },
+            "proxies": {w.label: w.status() for w in self.workers},
+        }
+
+
+def dry_run(config: Config, log: Any) -> tuple[dict[str, Plan | str], Mapping[str, Upstream]]:
+    """Read every source once and every proxy once; plan without writing anything.
+    Returns per proxy label a Plan, or an error text."""
+    metrics = Metrics()
+    store = Store([s.source_name for s in config.sources], allow_empty=config.allow_empty)
+    try:
+        data = load_snapshot(config.snapshot_path)
+    except SnapshotError as e:
+        log.warning("snapshot_unusable", error=str(e))
+        data = None
+    if data is not None:
+        store.restore(data)
+    for cfg in config.sources:
+        source = build_source(cfg, store, metrics, log)
+        assert isinstance(source, FileSource)
+        source.poll()
+        if not source.healthy:
+            log.warning("source_unavailable", source=source.name, error=source.last_error)
+    desired = store.current()
+    results: dict[str, Plan | str] = {}
+    for proxy in config.proxies.static:
+        if not desired.ready:
+            results[proxy.label] = "not every source could be read, and the snapshot has no copy"
+            continue
+        client = DyupsClient(client_settings(proxy, verify=False))
+        try:
+            observed = client.observe()
+        except Exception as e:
+            results[proxy.label] = f"cannot read the proxy: {e}"
+            continue
+        finally:
+            client.close()
+        record = store.proxy_record(proxy.label)
+        ownership = Ownership(frozenset(record.owned), config.owned_prefix, frozenset(config.adopt))
+        policy = PlanPolicy(
+            mode=Mode(config.policy),
+            max_delete_fraction=config.max_delete_fraction,
+            deletes_allowed=not desired.restoring,
+        )
+        results[proxy.label] = plan(
+            desired.upstreams, observed, ownership, policy, applied=record.applied
+        )
+    return results, desired.upstreams
