@@ -95,8 +95,8 @@ class Metrics:
             registry=r,
         )
         self.plan_refused = Gauge(
-            p + "plan_refused",
-            "1 while the breaker holds back deletes for this proxy.",
+            p + "breaker_open",
+            "1 while the mass-delete breaker holds back deletes for this proxy.",
             ["proxy"],
             registry=r,
         )

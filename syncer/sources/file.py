@@ -70,17 +70,17 @@ def _line_of(node: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
     """1-based line of the YAML node at `path` (or of its nearest existing parent)."""
     line = None if node is None else node.start_mark.line + 1
     for key in path:
-        child = None
+        child, at = None, None
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 if k.value == key:
-                    child = v
+                    child, at = v, k  # a mapping entry is reported at its key
                     break
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            child = node.value[key]
-        if child is None:
+            child = at = node.value[key]
+        if child is None or at is None:
             break
-        node, line = child, child.start_mark.line + 1
+        node, line = child, at.start_mark.line + 1
     return line
 
 

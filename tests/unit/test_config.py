@@ -1,0 +1,92 @@
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from syncer.cli import main
+from syncer.config import ConfigError, load
+
+GOOD = """
+sources:
+  - type: file
+    path: upstreams.yaml
+proxies:
+  static:
+    - url: http://127.0.0.1:8081
+      basic_auth: {username: u, password: p}
+snapshot_path: state/snapshot.json
+resync_interval: 10s
+debounce: 100ms
+policy: sync
+max_delete_fraction: 0.5
+listen: 127.0.0.1:9105
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_good_config_loads_with_units_and_relative_paths(tmp_path):
+    cfg = load(write(tmp_path, GOOD), env={})
+    assert cfg.debounce == pytest.approx(0.1) and cfg.resync_interval == 10
+    assert cfg.sources[0].path == tmp_path / "upstreams.yaml"
+    assert cfg.snapshot_path == tmp_path / "state/snapshot.json"
+    assert cfg.proxies.static[0].shm_zone_size == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"debounce": "soon"}, "debounce"),
+        ({"policy": "yolo"}, "policy"),
+        ({"max_delete_fraction": 2}, "max_delete_fraction"),
+        ({"listen": "nowhere"}, "listen"),
+        ({"surprise": 1}, "surprise"),
+        ({"proxies": {"static": [{"url": "ftp://x"}]}}, "proxies.static.0.url"),
+        ({"proxies": {"static": []}}, "proxies.static"),
+        ({"sources": [{"type": "zookeeper"}]}, "sources.0"),
+        ({"adopt": ["Bad Name"]}, "adopt"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, change, field):
+    import yaml
+
+    data = yaml.safe_load(GOOD)
+    data.update(change)
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, yaml.safe_dump(data)), env={})
+    assert any(f": {field}" in line for line in e.value.errors), e.value.errors
+
+
+def test_missing_required_keys_are_listed(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, "{}"), env={})
+    text = "\n".join(e.value.errors)
+    for key in ("sources", "proxies", "snapshot_path"):
+        assert key in text
+
+
+def test_environment_overrides(tmp_path):
+    env = {
+        "DYUPS_SYNCER_DEBOUNCE": "0",
+        "DYUPS_SYNCER_PROXIES__STATIC__0__BASIC_AUTH__PASSWORD": "yes",
+        "DYUPS_SYNCER_ADOPT": "[a, b]",
+        "DYUPS_SYNCER_VERIFY_AFTER_WRITE": "false",
+        "OTHER": "x",
+    }
+    cfg = load(write(tmp_path, GOOD), env=env)
+    assert cfg.debounce == 0 and cfg.adopt == ["a", "b"] and cfg.verify_after_write is False
+    assert cfg.proxies.static[0].basic_auth.password == "yes"
+
+
+def test_check_config_exit_codes(tmp_path, capsys):
+    good = write(tmp_path, GOOD)
+    assert main(["check-config", "-c", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("policy: sync", "policy: nope"))
+    assert main(["check-config", "-c", str(bad)]) == 2
+    assert "policy" in capsys.readouterr().err
+    assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 2

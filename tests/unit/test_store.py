@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from syncer.model import Server, Upstream
+from syncer.snapshot import SnapshotError, SnapshotWriter, load, write_atomic
+from syncer.state import Store
+
+
+def up(name, ip="10.0.0.1"):
+    return Upstream(name, (Server(ip, 80),))
+
+
+def test_not_ready_until_every_source_read():
+    s = Store(["a", "b"])
+    assert not s.current().ready
+    s.publish("a", {"x": up("x")})
+    assert not s.current().ready
+    s.publish("b", {})
+    assert s.current().ready and not s.current().restoring
+
+
+def test_names_belong_to_one_source():
+    s = Store(["a", "b"])
+    s.publish("a", {"x": up("x")})
+    r = s.publish("b", {"x": up("x", "10.0.0.2"), "y": up("y")})
+    assert r.collisions == ("x",)
+    assert s.current().upstreams["x"].servers[0].host == "10.0.0.1"
+
+
+def test_changed_at_and_removals_are_tracked():
+    t = [100.0]
+    s = Store(["a"], clock=lambda: t[0])
+    s.publish("a", {"x": up("x"), "y": up("y")}, changed_at=50.0)
+    assert s.current().changed_at["x"] == 50.0
+    t[0] = 200.0
+    r = s.publish("a", {"x": up("x")})
+    assert r.removed == ("y",) and s.current().changed_at["y"] == 200.0
+    v = s.current().version
+    s.publish("a", {"x": up("x")})  # nothing changed: no new version
+    assert s.current().version == v
+
+
+def test_empty_result_keeps_last_known_unless_allowed():
+    s = Store(["a"])
+    s.publish("a", {"x": up("x")})
+    assert s.publish("a", {}).held_empty and "x" in s.current().upstreams
+    s2 = Store(["a"], allow_empty=True)
+    s2.publish("a", {"x": up("x")})
+    s2.publish("a", {})
+    assert not s2.current().upstreams
+
+
+def test_snapshot_round_trip_restores_and_marks_restoring(tmp_path):
+    s = Store(["a"])
+    s.publish("a", {"x": up("x")})
+    s.claim("http://p", ["x"])
+    s.record_applied("http://p", "x", "abc")
+    path = tmp_path / "snap.json"
+    write_atomic(path, s.snapshot().to_json())
+    s2 = Store(["a"])
+    assert s2.restore(load(path)) == []
+    cur = s2.current()
+    assert cur.ready and cur.restoring and "x" in cur.upstreams
+    assert s2.proxy_record("http://p").owned == {"x"}
+    assert s2.proxy_record("http://p").applied == {"x": "abc"}
+    # the live source then says nothing: held, not wiped
+    s2.publish("a", {})
+    assert "x" in s2.current().upstreams and not s2.current().restoring
+
+
+@pytest.mark.parametrize("content", ["", "{", "[]", json.dumps({"format": 99})])
+def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
+    path = tmp_path / "snap.json"
+    path.write_text(content)
+    with pytest.raises(SnapshotError):
+        load(path)
+
+
+def test_snapshot_entries_that_fail_validation_are_skipped(tmp_path):
+    s = Store(["a"])
+    data = s.snapshot()
+    data.sources["a"] = {"x": {"servers": [{"host": "1.2.3.4;", "port": 80}]}, "y": {"servers": [{"host": "1.2.3.4", "port": 80}]}}
+    problems = s.restore(data)
+    assert len(problems) == 1 and "x" in problems[0]
+    assert set(s.current().upstreams) == {"y"}
+
+
+def test_writer_coalesces_and_flushes_on_stop(tmp_path):
+    s = Store(["a"])
+    path = tmp_path / "snap.json"
+    writer = SnapshotWriter(path, s.snapshot, delay=0.01)
+    writer.start()
+    s.publish("a", {"x": up("x")})
+    writer.mark_dirty()
+    writer.stop()
+    assert "x" in load(path).sources["a"]
+    assert writer.writes >= 1
+    assert not list(tmp_path.glob(".snap.json.*"))  # no temp file left behind
+
+
+def test_write_failure_is_reported_not_raised(tmp_path):
+    errors = []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    writer = SnapshotWriter(blocker / "snap.json", Store(["a"]).snapshot, on_error=errors.append)
+    assert writer.write_now() is False and errors
