@@ -333,8 +333,10 @@ def parse_detail(text: str) -> dict[str, ObservedUpstream]:
         if not lines:
             continue
         name = lines[0].strip().lower()
-        if name.startswith("server "):
-            raise ParseError(f"server line without an upstream name: {lines[0]!r}")
+        if name.startswith("server ") or len(name.split()) != 1:
+            raise ParseError(f"expected an upstream name, got {lines[0]!r}")
+        if len(lines) < 2:
+            raise ParseError(f"upstream {name!r} is listed without any server")
         servers = tuple(sorted(_parse_detail_server(line) for line in lines[1:]))
         out[name] = ObservedUpstream(name=name, servers=servers)
     return out

@@ -113,7 +113,7 @@ class _Answer:
 
 
 @dataclass
-class _Endpoint:
+class _Endpoint:  # where and how to connect, resolved once from the settings
     scheme: str
     host: str
     port: int
@@ -122,26 +122,40 @@ class _Endpoint:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Connection(http.client.HTTPConnection):
-    """HTTP connection with separate connect and read timeouts."""
+class _Connection:
+    """One keep-alive connection. The request is built here and sent with a single
+    `sendall` (http.client writes headers and body separately); the response is
+    parsed by `http.client.HTTPResponse`."""
 
-    read_timeout: float = 5.0
+    def __init__(self, ep: _Endpoint, *, connect_timeout: float, read_timeout: float) -> None:
+        sock = socket.create_connection((ep.host, ep.port), timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ep.ssl_context is not None:
+                sock = ep.ssl_context.wrap_socket(sock, server_hostname=ep.host)
+            sock.settimeout(read_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.host_header = ep.host if ep.port in (80, 443) else f"{ep.host}:{ep.port}"
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.settimeout(self.read_timeout)
+    def exchange(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> tuple[int, bytes, bool]:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        self.sock.sendall(request)
+        response = http.client.HTTPResponse(self.sock, method=method)
+        response.begin()
+        data = response.read()
+        return response.status, data, bool(response.will_close)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    read_timeout: float = 5.0
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
-
-
-_Conn = _Connection | _TLSConnection
 _CLOSED_WITHOUT_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
@@ -179,7 +193,7 @@ class DyupsClient:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self._endpoint = _endpoint(settings)
-        self._idle: list[_Conn] = []
+        self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._flavour: Flavour | None = settings.flavour
 
@@ -188,26 +202,21 @@ class DyupsClient:
     def url(self) -> str:
         return self.settings.url
 
-    def _new_connection(self) -> _Conn:
-        ep = self._endpoint
-        conn: _Conn
-        if ep.scheme == "https":
-            conn = _TLSConnection(
-                ep.host, ep.port, timeout=self.settings.connect_timeout, context=ep.ssl_context
-            )
-        else:
-            conn = _Connection(ep.host, ep.port, timeout=self.settings.connect_timeout)
-        conn.read_timeout = self.settings.read_timeout
-        return conn
+    def _new_connection(self) -> _Connection:
+        return _Connection(
+            self._endpoint,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+        )
 
-    def _checkout(self, fresh: bool) -> tuple[_Conn, bool]:
+    def _checkout(self, fresh: bool) -> tuple[_Connection, bool]:
         if not fresh:
             with self._lock:
                 if self._idle:
                     return self._idle.pop(), True
         return self._new_connection(), False
 
-    def _checkin(self, conn: _Conn) -> None:
+    def _checkin(self, conn: _Connection) -> None:
         with self._lock:
             if len(self._idle) < self.settings.max_idle_connections:
                 self._idle.append(conn)
@@ -235,7 +244,7 @@ class DyupsClient:
         return self._exchange(conn, method, path, body, keep=not fresh)
 
     def _exchange(
-        self, conn: _Conn, method: str, path: str, body: bytes | None, *, keep: bool
+        self, conn: _Connection, method: str, path: str, body: bytes | None, *, keep: bool
     ) -> _Answer:
         headers = dict(self._endpoint.headers)
         if not keep:
@@ -243,18 +252,18 @@ class DyupsClient:
         if body is not None:
             headers["Content-Length"] = str(len(body))
         try:
-            conn.request(method, self._endpoint.base_path + path, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
+            status, data, will_close = conn.exchange(
+                method, self._endpoint.base_path + path, headers, body
+            )
         except BaseException:
             conn.close()
             raise
         # A 204 to a POST carries a stray body (a module quirk): never reuse that connection.
-        if keep and not response.will_close and response.status != 204:
+        if keep and not will_close and not (method == "POST" and status == 204):
             self._checkin(conn)
         else:
             conn.close()
-        return _Answer(response.status, data.decode("utf-8", errors="replace"))
+        return _Answer(status, data.decode("utf-8", errors="replace"))
 
     def _read(self, path: str, *, fresh: bool = False) -> _Answer:
         try:

@@ -1,0 +1,193 @@
+"""The client's mapping of every status/body pair in dyups-interface.md, on a scripted server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from syncer.model import Server, Upstream
+from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour, Outcome, ProxyProtocolError, ProxyUnavailable
+
+CLOSE = object()  # answer by closing the connection without a byte
+
+
+class Scripted:
+    """Answers each request with the next scripted (status, body) or CLOSE; records requests."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.script: list = []
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.recv_sizes: list[int] = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    self.recv_sizes.append(len(chunk))
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, path, _ = lines[0].split(" ")
+                headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+                length = int(headers.get("content-length", 0))
+                while len(buf) < length:
+                    buf += conn.recv(65536)
+                body, buf = buf[:length], buf[length:]
+                self.requests.append((method, path, body))
+                answer = self.script.pop(0) if self.script else (404, "")
+                if answer is CLOSE:
+                    return
+                status, text = answer
+                data = text.encode()
+                conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+                if headers.get("connection") == "close":
+                    return
+
+
+@pytest.fixture
+def server() -> Iterator[Scripted]:
+    s = Scripted()
+    yield s
+    s.sock.close()
+
+
+def client(server: Scripted, **kw) -> DyupsClient:
+    return DyupsClient(ClientSettings(url=server.url, read_timeout=2, **kw))
+
+
+WEB = Upstream("web", (Server("127.0.0.1", 18092), Server("127.0.0.1", 18093)))
+
+
+@pytest.mark.parametrize(
+    "answer, outcome",
+    [
+        ((200, "success"), Outcome.APPLIED),
+        ((409, "wait and try again\n"), Outcome.CONFLICT),
+        ((500, "add server failed"), Outcome.REJECTED),
+        ((500, "alert: update success but not sync to other process"), Outcome.DEGRADED),
+        ((500, "init upstream failed"), Outcome.UNEXPECTED),
+        ((500, "out of memory"), Outcome.UNEXPECTED),
+        ((413, "<html>"), Outcome.REJECTED),
+        ((404, "not support this interface"), Outcome.UNEXPECTED),
+    ],
+)
+def test_post_outcomes(server, answer, outcome):
+    server.script = [answer]
+    result = client(server, verify_after_write=False).upsert(WEB)
+    assert result.outcome is outcome
+    method, path, body = server.requests[0]
+    assert (method, path) == ("POST", "/upstream/web")
+    assert body == WEB.render().encode() and body  # never an empty POST
+    assert outcome.retryable is (outcome not in (Outcome.APPLIED, Outcome.REJECTED))
+
+
+@pytest.mark.parametrize(
+    "answer, outcome",
+    [
+        ((200, "success"), Outcome.APPLIED),
+        ((404, "not found uptream"), Outcome.GONE),
+        (CLOSE, Outcome.CONFLICT),
+        ((500, "alert: delte success but not sync to other process"), Outcome.DEGRADED),
+        ((405, "not support this interface"), Outcome.UNEXPECTED),
+    ],
+)
+def test_delete_outcomes_on_classic(server, answer, outcome):
+    server.script = [answer]
+    assert client(server, flavour=Flavour.CLASSIC).delete("web").outcome is outcome
+
+
+def test_head_delete_404_is_confirmed_with_list(server):
+    server.script = [(404, "not found uptream"), (200, "upstream web {\nserver 127.0.0.1:1;\n}\n")]
+    assert client(server, flavour=Flavour.HEAD).delete("web").outcome is Outcome.UNSYNCED
+    server.script = [(404, "not found uptream"), (204, "")]
+    assert client(server, flavour=Flavour.HEAD).delete("web").outcome is Outcome.GONE
+
+
+def test_request_leaves_in_one_write(server):
+    big = Upstream("big", tuple(Server(f"10.0.{i // 250}.{i % 250 + 1}", 80) for i in range(300)))
+    server.script = [(200, "success")]
+    client(server, verify_after_write=False).upsert(big)
+    # the first recv holds the headers and the whole body (loopback keeps one write whole)
+    assert server.recv_sizes[0] > len(big.render())
+
+
+def test_verify_after_write_detects_truncation(server):
+    server.script = [(200, "success"), (200, "server 127.0.0.1:18092\n")]
+    result = client(server, flavour=Flavour.CLASSIC).upsert(WEB)
+    assert result.outcome is Outcome.VERIFY_FAILED
+    assert "client_body_in_file_only clean" in result.detail
+    assert server.requests[1][:2] == ("GET", "/upstream/web")
+    server.script = [(200, "success"), (200, "server 127.0.0.1:18093\nserver 127.0.0.1:18092\n")]
+    assert client(server, flavour=Flavour.CLASSIC).upsert(WEB).outcome is Outcome.APPLIED
+
+
+def test_flavour_detection(server):
+    server.script = [(204, "")]
+    c = client(server)
+    assert c.observe() == {} and c.flavour is Flavour.CLASSIC
+    server.script = [(404, ""), (200, "upstream web {\nserver 127.0.0.1:18092;\n}\n")]
+    c = client(server)
+    assert set(c.observe()) == {"web"} and c.flavour is Flavour.HEAD
+    server.script = [(200, "<html>not dyups</html>")]
+    with pytest.raises(ProxyProtocolError):
+        client(server).observe()
+
+
+def test_keep_alive_is_reused_and_a_stale_connection_is_retried_once(server):
+    c = client(server, flavour=Flavour.CLASSIC)
+    server.script = [(204, ""), (204, "")]
+    c.observe()
+    c.observe()
+    assert server.connections == 1
+    server.script = [CLOSE, (204, "")]  # the server dropped the idle connection
+    assert c.observe() == {}
+    assert server.connections == 2
+
+
+def test_unreachable_proxy():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    c = DyupsClient(ClientSettings(url=f"http://127.0.0.1:{port}", connect_timeout=0.5))
+    with pytest.raises(ProxyUnavailable):
+        c.observe()
+    assert c.upsert(WEB).outcome is Outcome.UNAVAILABLE
+
+
+def test_auth_headers_are_sent(server):
+    server.script = [(204, "")]
+    c = client(server, basic_auth=("u", "p"), headers=(("X-Token", "t"),), flavour=Flavour.CLASSIC)
+    c.list_names()
+    assert server.requests[0][:2] == ("GET", "/list")
+
+
+def test_kick_uses_fresh_connections(server):
+    server.script = [(204, "")] * 5
+    assert client(server).kick(5) == 5
+    assert server.connections == 5
