@@ -61,6 +61,9 @@ def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
         budget=budget,
         read_msg_timeout=proxy.read_msg_timeout,
         kick_gets=kicks,
+        # A proxy that restarted serves 502s for every dynamic upstream until it is
+        # re-posted: look for it again at least every two probe intervals.
+        down_backoff_max=2 * config.probe_interval,
     )
 
 

@@ -21,16 +21,22 @@ STEP_TIMEOUT = 15.0
 
 
 def _holds(sim: DyupsSimulator, desired: dict[str, Upstream], workers: int) -> bool:
-    """Every nginx worker of `sim` holds exactly the desired servers (data plane view)."""
+    """Every nginx worker of `sim` holds exactly the desired servers and parameters."""
+    want = {
+        name: sorted(
+            (s.address, s.weight, s.max_fails, s.fail_timeout, s.backup, s.down) for s in u.servers
+        )
+        for name, u in desired.items()
+    }
     for worker in range(workers):
-        held = sim.upstreams(worker)
-        for name, upstream in desired.items():
-            servers = held.get(name)
-            if servers is None or sorted(s.addr for s in servers) != sorted(
-                s.address for s in upstream.servers
-            ):
-                return False
-        if any(name not in desired for name in held if name != "static_be"):
+        held = {
+            name: sorted(
+                (s.addr, s.weight, s.max_fails, s.fail_timeout, s.backup, s.down) for s in servers
+            )
+            for name, servers in sim.upstreams(worker).items()
+            if name != "static_be"
+        }
+        if held != want:
             return False
     return True
 
@@ -64,8 +70,11 @@ def run_demo(*, listen: str = "127.0.0.1:9105", keep_running: bool = False) -> i
     app = App(config)
     try:
         app.start()
+        assert app.http is not None
+        host, port = app.http.address
+        status_url = f"http://{host}:{port}"
         print(f"dyups-syncer demo: 2 simulated proxies ({', '.join(s.url for s in sims)}),")
-        print(f"  file source {source}, metrics on http://{listen}/metrics")
+        print(f"  file source {source}, metrics on {status_url}/metrics")
 
         def step(title: str, change: Callable[[], None]) -> None:
             started = time.monotonic()
@@ -122,7 +131,7 @@ def run_demo(*, listen: str = "127.0.0.1:9105", keep_running: bool = False) -> i
             print(
                 f"- sync lag: {lag_count:.0f} changes accepted, mean {1000 * lag_sum / lag_count:.1f} ms"
             )
-        print(f"- state: curl http://{listen}/state ; readiness: {app.ready()[0]}")
+        print(f"- state: curl {status_url}/state ; ready: {app.ready()[0]}")
         if keep_running:
             print("running; Ctrl-C to stop")
             while True:

@@ -11,8 +11,22 @@ import structlog
 Format = Literal["auto", "json", "console"]
 
 
+class _Stderr:
+    """Writes to whatever `sys.stderr` is at the time of writing (so a redirected or
+    replaced stderr, as under test runners, never leaves loggers on a closed file)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(*, level: str = "info", fmt: Format = "auto", stream: Any = None) -> None:
-    stream = stream or sys.stderr
+    stream = stream or _Stderr()
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())

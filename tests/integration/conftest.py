@@ -25,15 +25,26 @@ def upstreams_yaml(spec: dict[str, list[str]]) -> str:
 
 def sim_view(sim: DyupsSimulator, worker: int) -> dict[str, tuple]:
     return {
-        name: tuple(sorted((s.addr, s.weight, s.max_fails, s.fail_timeout, s.backup, s.down) for s in servers))
+        name: tuple(
+            sorted(
+                (s.addr, s.weight, s.max_fails, s.fail_timeout, s.backup, s.down) for s in servers
+            )
+        )
         for name, servers in sim.upstreams(worker).items()
     }
 
 
-def want_view(desired: dict[str, Upstream], static: dict[str, tuple] | None = None) -> dict[str, tuple]:
+def want_view(
+    desired: dict[str, Upstream], static: dict[str, tuple] | None = None
+) -> dict[str, tuple]:
     out = dict(static or {})
     for name, u in desired.items():
-        out[name] = tuple(sorted((s.address, s.weight, s.max_fails, s.fail_timeout, s.backup, s.down) for s in u.servers))
+        out[name] = tuple(
+            sorted(
+                (s.address, s.weight, s.max_fails, s.fail_timeout, s.backup, s.down)
+                for s in u.servers
+            )
+        )
     return out
 
 
@@ -56,8 +67,14 @@ class Env:
 
     def config(self, **overrides) -> Config:
         proxies = [
-            {"url": s.url, "name": f"p{i}", "read_msg_timeout": 0.05, "read_timeout": 1.0,
-             "connect_timeout": 0.5, "shm_zone_size": s.shm_zone_size}
+            {
+                "url": s.url,
+                "name": f"p{i}",
+                "read_msg_timeout": 0.05,
+                "read_timeout": 1.0,
+                "connect_timeout": 0.5,
+                "shm_zone_size": s.shm_zone_size,
+            }
             for i, s in enumerate(self.sims)
         ]
         data = {
@@ -82,11 +99,16 @@ class Env:
         return parse_document(self.file.read_text(), origin="test")
 
     def converged(self, sim: DyupsSimulator, desired: dict[str, Upstream] | None = None) -> bool:
-        want = want_view(self.desired() if desired is None else desired, STATIC_VIEW if sim.flavour == "classic" else None)
+        want = want_view(
+            self.desired() if desired is None else desired,
+            STATIC_VIEW if sim.flavour == "classic" else None,
+        )
         return all(sim_view(sim, w) == want for w in range(sim.workers))
 
     def wait_converged(self, sims: list[DyupsSimulator] | None = None, desired=None) -> bool:
-        return all(s.wait_until(lambda x: self.converged(x, desired), WAIT) for s in (sims or self.sims))
+        return all(
+            s.wait_until(lambda x: self.converged(x, desired), WAIT) for s in (sims or self.sims)
+        )
 
 
 @pytest.fixture
@@ -110,6 +132,19 @@ def make_env(tmp_path) -> Iterator:
                 app.shutdown()
     for sim in sims_all:
         sim.stop()
+
+
+def eventually(predicate, timeout: float = WAIT, interval: float = 0.005) -> bool:
+    """Wait for a condition of the daemon (not of a simulator, whose own wait_until is
+    woken by its state changes): re-check it often until it holds or time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def metric(app: App, name: str, **labels: str) -> float:

@@ -8,7 +8,7 @@ from syncer.app import App
 from syncer.model import Server, Upstream
 from syncer.snapshot import load as load_snapshot
 
-from .conftest import STATIC_VIEW, WAIT, metric, sim_view, want_view
+from .conftest import STATIC_VIEW, WAIT, eventually, metric, sim_view, want_view
 
 BASE = {"web": ["10.0.0.1:80", "10.0.0.2:80"], "api": ["10.0.1.1:9000"]}
 
@@ -19,7 +19,9 @@ def test_changes_converge_on_every_worker_of_every_proxy(make_env):
     app = env.start()
     assert env.wait_converged()
     posts = [s.stats.posts for s in env.sims]
-    env.write({"web": ["10.0.0.1:80", "10.0.0.3:80"], "api": ["10.0.1.1:9000"], "new": ["10.0.2.1:80"]})
+    env.write(
+        {"web": ["10.0.0.1:80", "10.0.0.3:80"], "api": ["10.0.1.1:9000"], "new": ["10.0.2.1:80"]}
+    )
     assert env.wait_converged()
     env.write({"web": ["10.0.0.3:80"], "api": ["10.0.1.1:9000"], "new": ["10.0.2.1:80"]})
     assert env.wait_converged()
@@ -28,7 +30,7 @@ def test_changes_converge_on_every_worker_of_every_proxy(make_env):
     env.write({"web": ["10.0.0.3:80"], "api": ["10.0.1.1:9000"]})
     assert env.wait_converged()
     assert all(s.stats.deletes == 1 for s in env.sims)
-    assert app.ready()[0]
+    assert eventually(lambda: app.ready()[0])
     for w in app.workers:
         assert metric(app, "dyups_syncer_sync_lag_seconds_count", proxy=w.label) >= 4
 
@@ -39,7 +41,7 @@ def test_static_upstreams_are_never_touched(make_env):
     app = env.start()
     sim = env.sims[0]
     assert sim.wait_until(lambda s: "web" in sim_view(s, 0) and "api" in sim_view(s, 0), WAIT)
-    assert sim.wait_until(lambda s: app.workers[0].last_plan.get("conflicts") == ["static_be"], WAIT)
+    assert eventually(lambda: app.workers[0].last_plan.get("conflicts") == ["static_be"])
     assert sim_view(sim, 0)["static_be"] == STATIC_VIEW["static_be"]
     assert metric(app, "dyups_syncer_ownership_conflicts", proxy="p0") == 1
     env.write(BASE)
@@ -69,7 +71,7 @@ def test_a_crashed_nginx_worker_is_repaired(make_env):
 
 
 def test_conflict_storm_converges_and_is_counted(make_env):
-    env = make_env(3, trylock=True, conflict_rate=0.6)
+    env = make_env(3, trylock=True, conflict_rate=0.3)
     env.write({f"u{i}": [f"10.0.0.{i}:80"] for i in range(1, 9)})
     app = env.start()
     assert env.wait_converged()
@@ -96,7 +98,7 @@ def test_restart_with_source_missing_restores_from_snapshot(make_env):
     assert env.wait_converged(desired=desired)
     assert all(s.stats.deletes == 0 for s in env.sims)
     assert app2.store.current().restoring  # still served from the snapshot: no deletes
-    assert app2.ready()[0]
+    assert eventually(lambda: app2.ready()[0])
 
 
 def test_hung_proxy_does_not_delay_the_others(make_env):
@@ -121,7 +123,7 @@ def test_a_down_proxy_gets_a_full_reconcile_when_back(make_env):
     down = env.sims[1]
     down.go_down()
     down.restart()
-    assert down.wait_until(lambda s: app.workers[1].up is False, WAIT)
+    assert eventually(lambda: app.workers[1].up is False)
     assert metric(app, "dyups_syncer_proxy_up", proxy="p1") == 0
     env.write({"web": ["10.0.0.6:80"], "api": ["10.0.1.1:9000"]})
     assert env.wait_converged(env.sims[:1])
@@ -136,9 +138,9 @@ def test_bad_file_keeps_the_last_good_state(make_env):
     app = env.start()
     assert env.wait_converged()
     desired = env.desired()
-    env.write("upstreams:\n  web:\n    servers: [\"10.0.0.1:80; evil\"]\n")
+    env.write('upstreams:\n  web:\n    servers: ["10.0.0.1:80; evil"]\n')
     src = app.sources[0]
-    assert env.sims[0].wait_until(lambda s: not src.healthy, WAIT)
+    assert eventually(lambda: not src.healthy)
     assert "upstreams.web.servers.0" in src.last_error
     # a full resync happens and still nothing changes
     posts = [s.stats.posts for s in env.sims]
@@ -158,7 +160,7 @@ def test_mass_delete_is_refused_until_overridden(make_env):
     assert env.wait_converged()
     env.write({"u1": ["10.0.0.1:80"]})
     sim = env.sims[0]
-    assert sim.wait_until(lambda s: metric(app, "dyups_syncer_breaker_open", proxy="p0") == 1, WAIT)
+    assert eventually(lambda: metric(app, "dyups_syncer_breaker_open", proxy="p0") == 1)
     assert metric(app, "dyups_syncer_plan_refused_total", proxy="p0") == 1
     assert {"u2", "u3", "u4"} <= set(sim_view(sim, 0))
     app.store.override_breaker()
@@ -182,7 +184,12 @@ def test_writes_are_paced_to_the_queue(make_env):
     # A 64 KiB zone drains every 50 ms: 100 upstreams of ~600 bytes overflow it
     # when written unpaced. Paced from the configured zone size: no alert.
     env = make_env(1, shm_zone_size=64 * 1024)
-    env.write({f"u{i}": [f"10.0.{i // 250}.{i % 250 + 1}:{p}" for p in range(8000, 8020)] for i in range(100)})
+    env.write(
+        {
+            f"u{i}": [f"10.0.{i // 250}.{i % 250 + 1}:{p}" for p in range(8000, 8020)]
+            for i in range(100)
+        }
+    )
     app = env.start()
     assert env.wait_converged()
     assert env.sims[0].stats.alerts == 0
@@ -191,10 +198,25 @@ def test_writes_are_paced_to_the_queue(make_env):
 
 def test_queue_overflow_is_repaired_when_the_budget_is_wrong(make_env):
     env = make_env(1, shm_zone_size=32 * 1024)
-    env.write({f"u{i}": [f"10.0.{i // 250}.{i % 250 + 1}:{p}" for p in range(8000, 8020)] for i in range(60)})
+    env.write(
+        {
+            f"u{i}": [f"10.0.{i // 250}.{i % 250 + 1}:{p}" for p in range(8000, 8020)]
+            for i in range(60)
+        }
+    )
     # The operator told us the zone is 64 MiB: writes go too fast and overflow.
-    app = env.start(proxies={"static": [{"url": env.sims[0].url, "name": "p0", "read_msg_timeout": 0.05,
-                                         "shm_zone_size": "64m"}]})
+    app = env.start(
+        proxies={
+            "static": [
+                {
+                    "url": env.sims[0].url,
+                    "name": "p0",
+                    "read_msg_timeout": 0.05,
+                    "shm_zone_size": "64m",
+                }
+            ]
+        }
+    )
     assert env.wait_converged()
     assert env.sims[0].stats.alerts > 0
     assert metric(app, "dyups_syncer_proxy_degraded_total", proxy="p0") == env.sims[0].stats.alerts
@@ -250,13 +272,25 @@ def test_metrics_and_state_are_served(make_env):
     assert env.wait_converged()
     host, port = app.http.address
     base = f"http://{host}:{port}"
-    assert env.sims[0].wait_until(lambda s: app.ready()[0], WAIT)
+    assert eventually(lambda: app.ready()[0])
     assert urllib.request.urlopen(base + "/readyz").status == 200
     assert urllib.request.urlopen(base + "/healthz").read() == b"ok\n"
     text = urllib.request.urlopen(base + "/metrics").read().decode()
-    for name in ("sync_lag_seconds", "conflicts_total", "requests_total", "request_duration_seconds",
-                 "drift_repairs_total", "verify_failures_total", "proxy_up", "last_sync_timestamp_seconds",
-                 "upstreams_desired", "servers_desired", "plan_refused_total", "source_up", "source_errors_total"):
+    for name in (
+        "sync_lag_seconds",
+        "conflicts_total",
+        "requests_total",
+        "request_duration_seconds",
+        "drift_repairs_total",
+        "verify_failures_total",
+        "proxy_up",
+        "last_sync_timestamp_seconds",
+        "upstreams_desired",
+        "servers_desired",
+        "plan_refused_total",
+        "source_up",
+        "source_errors_total",
+    ):
         assert f"dyups_syncer_{name}" in text, name
     assert "dyups_syncer_upstreams_desired 2.0" in text
     state = json.loads(urllib.request.urlopen(base + "/state").read())

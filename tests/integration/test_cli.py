@@ -1,0 +1,105 @@
+"""The command line as a user runs it: plan, run (with SIGTERM), demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import yaml
+
+from syncer.cli import main
+from syncer.demo import run_demo
+from syncer.snapshot import load as load_snapshot
+
+from .conftest import STATIC, eventually, upstreams_yaml
+
+
+def write_config(env, **extra) -> str:
+    cfg = {
+        "sources": [{"type": "file", "path": str(env.file), "poll_interval": "20ms"}],
+        "proxies": {
+            "static": [
+                {"url": s.url, "name": f"p{i}", "read_msg_timeout": "50ms"}
+                for i, s in enumerate(env.sims)
+            ]
+        },
+        "snapshot_path": str(env.snapshot),
+        "debounce": 0,
+        "probe_interval": "100ms",
+        "listen": "127.0.0.1:0",
+        "log": {"format": "json"},
+    }
+    cfg.update(extra)
+    path = env.tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_plan_exit_codes(make_env, capsys):
+    env = make_env(2, static=STATIC)
+    env.write({"web": ["10.0.0.1:80"], "static_be": ["10.0.0.9:80"]})
+    cfg = write_config(env)
+    assert main(["plan", "-c", cfg]) == 1
+    out = capsys.readouterr().out
+    assert "upsert web (missing): server 10.0.0.1:80;" in out
+    assert "conflict static_be" in out
+    assert all(s.stats.posts == 0 for s in env.sims)  # a dry run writes nothing
+    env.write({"web": ["10.0.0.1:80"]})
+    app = env.start()
+    assert env.wait_converged()
+    app.shutdown()
+    assert main(["plan", "-c", cfg]) == 0
+    assert "no changes" in capsys.readouterr().out
+    env.sims[1].go_down()
+    assert main(["plan", "-c", cfg]) == 2
+    assert "cannot read the proxy" in capsys.readouterr().out
+
+
+def test_run_stops_cleanly_on_sigterm(make_env):
+    env = make_env(1)
+    env.write({"web": ["10.0.0.1:80", "10.0.0.2:80"]})
+    cfg = write_config(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncer.cli", "run", "-c", cfg],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DYUPS_SYNCER_LOG__LEVEL": "info"},
+    )
+    try:
+        assert env.wait_converged()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    events = [
+        json.loads(line)
+        for line in proc.stdout.read().splitlines() + proc.stderr.read().splitlines()
+        if line.startswith("{")
+    ]
+    names = [e["event"] for e in events]
+    assert "started" in names and names[-1] == "stopped"
+    applied = [e for e in events if e["event"] == "upstream_updated"]
+    assert applied and {"proxy", "upstream", "outcome", "duration_ms"} <= set(applied[0])
+    snap = load_snapshot(env.snapshot)
+    assert snap.proxies["p0"]["owned"] == ["web"]
+
+
+def test_check_config_on_the_bundled_example():
+    from importlib import resources
+
+    path = resources.files("syncer").joinpath("examples/config.yaml")
+    assert main(["check-config", "-c", str(path)]) == 0
+
+
+def test_demo_runs_end_to_end(capsys):
+    assert run_demo(listen="127.0.0.1:0") == 0
+    out = capsys.readouterr().out
+    assert out.count(": done on every worker") == 6, out
+    assert "NOT converged" not in out
+    assert "0 POSTs" in out
+    _ = (eventually, upstreams_yaml, urllib)
