@@ -22,12 +22,36 @@ and of the `upstream {}` directives; it deliberately shares no code with
 `syncer.model`, so that tests catch bugs in our renderer.
 
 Run one in the foreground: `python -m syncer.testing.dyups --port 8081 --workers 2`.
+
+Choices where nginx was not measured, or where the simulator departs from it:
+
+* A 204 carries no Content-Length, as nginx's header filter strips it; every other
+  answer has one. HTML error pages (404 on `/`, 400, 411, 413, 414) are nginx's and
+  carry `Content-Type: text/html`; 400/411/413/414 also close the connection.
+* Chunked bodies get 411 (nginx would accept them; the syncer never sends them).
+* A crashed worker's unapplied queue entries count as applied for it. (The module
+  source hands them to the respawned worker instead; the effect seen from outside,
+  a worker that lacks what was posted before, is the same.)
+* head: `/list` order follows a tree keyed by crc32 of the name; nginx.conf
+  upstreams are neither listed nor deletable through the API; a reload or a
+  respawned worker restores the dynamic upstreams; the queue model is classic's.
+* Any `$variable` not in `known_variables`, in any directive the body reaches,
+  poisons the worker (nginx compiles variables only in `hash`; stricter is safer).
+* A queued change applied by a poisoned worker installs the upstream with no
+  servers (the "half-built" upstream): `GET /upstream/NAME` on it answers 204.
+* Worker timers start at random phases; a GET re-arms its worker's timer.
+* The shared-memory lock is held only for the microseconds a write takes here, so
+  trylock conflicts come from `conflict_rate`, `lock_busy()` or
+  `write_seconds_per_server`, rarely by chance.
+* Not reproduced: the buffer overflow of `GET /upstream/NAME` for addresses over
+  81 bytes, blocking DNS, `init upstream failed` / `out of memory`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import ipaddress
 import random
 import re
@@ -192,9 +216,15 @@ def _skip_blank(text: str, pos: int) -> int:
     return pos
 
 
+_PLAIN_WORD = re.compile(r"[^ \t\r\n;{}\\$\"']+")
+
+
 def _read_word(text: str, pos: int) -> tuple[str, int]:
     if text[pos] in "\"'":
         return _read_quoted(text, pos)
+    plain = _PLAIN_WORD.match(text, pos)  # most words: no escapes, variables or braces
+    if plain and (plain.end() == len(text) or text[plain.end()] in " \t\r\n;{"):
+        return plain.group(), plain.end()
     start = pos
     in_braces = False  # inside `${name}`
     while pos < len(text):
@@ -258,7 +288,13 @@ def _atoi(text: str) -> int:
 
 
 # Time units in the only order nginx accepts them, with their length in seconds.
-_TIME_UNITS = {"y": 365 * 86400, "M": 30 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600}
+_TIME_UNITS: dict[str, float] = {
+    "y": 365 * 86400,
+    "M": 30 * 86400,
+    "w": 7 * 86400,
+    "d": 86400,
+    "h": 3600,
+}
 _TIME_UNITS |= {"m": 60, "s": 1, "ms": 0.001}
 _TIME_RANK = {unit: rank for rank, unit in enumerate(_TIME_UNITS)}
 
@@ -367,7 +403,6 @@ def resolve_address(text: str, dns: Mapping[str, str]) -> str:
     return shown
 
 
-_SERVER_NUMBERS = {"weight=": "weight", "max_conns=": "max_conns", "max_fails=": "max_fails"}
 _CHECK_DIRECTIVES = (
     "check",
     "check_http_send",
@@ -430,26 +465,36 @@ class _UpstreamBuilder:
         return self.ARITY[name]
 
     def _server(self, params: list[str]) -> SimServer:
-        fields: dict[str, int | bool] = {}
+        numbers = {"weight": 1, "max_conns": 0, "max_fails": 1, "fail_timeout": 10}
+        flags = {"backup": False, "down": False}
         for param in params[1:]:
-            key = next((k for k in _SERVER_NUMBERS if param.startswith(k)), None)
-            if key is not None:
-                fields[_SERVER_NUMBERS[key]] = _atoi(param[len(key) :])
-            elif param.startswith("fail_timeout="):
-                fields["fail_timeout"] = int(parse_time(param[13:], seconds=True))
-            elif param == "backup" and self.backup_allowed:
-                fields["backup"] = True
-            elif param == "down":
-                fields["down"] = True
+            key, sep, value = param.partition("=")
+            if sep and key == "fail_timeout":
+                numbers[key] = int(parse_time(value, seconds=True))
+            elif sep and key in numbers:
+                numbers[key] = _atoi(value)
+            elif not sep and param in flags and (param != "backup" or self.backup_allowed):
+                flags[param] = True
             else:
                 raise BodyError(f'invalid parameter "{param}"')
-        if fields.get("weight") == 0:
+        if numbers["weight"] == 0:
             raise BodyError('invalid parameter "weight=0"')
-        server = SimServer(addr=resolve_address(params[0], self.dns))
-        return replace(server, **fields)  # type: ignore[arg-type]
+        return SimServer(
+            addr=resolve_address(params[0], self.dns),
+            weight=numbers["weight"],
+            max_conns=numbers["max_conns"],
+            max_fails=numbers["max_fails"],
+            fail_timeout=numbers["fail_timeout"],
+            backup=flags["backup"],
+            down=flags["down"],
+        )
 
     def _balancer_without_backup(self, name: str, params: list[str]) -> None:
-        valid = {"ip_hash": [[]], "random": [[], ["two"], ["two", "least_conn"]]}.get(name)
+        forms: dict[str, list[list[str]]] = {
+            "ip_hash": [[]],
+            "random": [[], ["two"], ["two", "least_conn"]],
+        }
+        valid = forms.get(name)
         if valid is not None and params not in valid:
             raise BodyError(f'invalid parameter "{" ".join(params)}"')
         if name == "hash" and len(params) == 2 and params[1] != "consistent":
@@ -533,7 +578,8 @@ def queue_cost(name: str, body: str | None, workers: int) -> int:
     hundreds. The measured 600/s row (38 alerts) is lower than this model gives
     (~100 a second) because real workers hold the lock while they apply.
     """
-    size = _slab(_MSG_STRUCT) + _slab(4 * workers) + _slab(len(name.encode()))
+    size = _slab(_MSG_STRUCT) + _slab(4 * workers)
+    size += _slab(len(name.encode("utf-8", "surrogateescape")))
     if body is not None:
         size += _slab(len(body.encode("utf-8", "surrogateescape")))
     return size
@@ -552,7 +598,6 @@ def queue_capacity(shm_zone_size: int) -> int:
 
 # --------------------------------------------------------------------------- worker state
 
-_LIVE, _DELETING, _DELETED = 0, 1, 2
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
@@ -567,52 +612,46 @@ class _Slot:
     servers: tuple[SimServer, ...] = ()
     body: str = ""
     static: bool = False
-    state: int = _LIVE
+    live: bool = True
 
 
 class _SlotTable:
     """One worker's upstreams, reproducing ngx_dyups_find_upstream / do_update / do_delete.
 
-    Deleted slots are reused (the last free one before the match wins), and every
-    POST first creates and deletes the sandbox upstream: together this gives the
-    module's `/list` order, e.g. `static_be v6 web mixed` in the classic vectors.
-    No proxied traffic holds a reference here, so DELETING slots free on the next scan.
+    A deleted slot is reused by the next upstream created; the module's scan keeps
+    the last free slot it passes, i.e. the highest index (no proxied request holds
+    a reference here, so a deleted slot is free at once). Every POST first creates
+    and deletes the sandbox upstream. Together this gives the module's `/list`
+    order, e.g. `static_be v6 web mixed` in the classic vectors. Indexed rather
+    than scanned so that thousands of upstreams stay cheap.
     """
 
-    def __init__(self) -> None:
-        self.slots: list[_Slot] = []
-
-    def find(self, name: str) -> tuple[_Slot | None, int]:
-        key = _fold(name)
-        free: tuple[_Slot | None, int] = (None, -1)
-        for i, slot in enumerate(self.slots):
-            if slot.state == _DELETING:
-                slot.state = _DELETED
-            if slot.state == _DELETED:
-                free = (slot, i)
-            elif _fold(slot.name) == key:
-                return slot, i
-        return free
+    def __init__(self, slots: Iterable[_Slot] = ()) -> None:
+        self.slots: list[_Slot] = list(slots)
+        self.index = {_fold(slot.name): i for i, slot in enumerate(self.slots)}
+        self.free: list[int] = []  # heap of negated indices: the highest free slot first
 
     def lookup(self, name: str) -> _Slot | None:
-        slot, _ = self.find(name)
-        return slot if slot is not None and slot.state == _LIVE else None
+        i = self.index.get(_fold(name))
+        return None if i is None else self.slots[i]
 
     def update(self, slot: _Slot) -> None:
-        found, index = self.find(slot.name)
-        if found is not None and found.state == _LIVE:
-            found.state = _DELETING
-            _, index = self.find(slot.name)
-        if index == -1:
-            self.slots.append(slot)
+        self.delete(slot.name)
+        key = _fold(slot.name)
+        if self.free:
+            i = -heapq.heappop(self.free)
+            self.slots[i] = slot
         else:
-            self.slots[index] = slot
+            i = len(self.slots)
+            self.slots.append(slot)
+        self.index[key] = i
 
     def delete(self, name: str) -> bool:
-        found = self.lookup(name)
-        if found is None:
+        i = self.index.pop(_fold(name), None)
+        if i is None:
             return False
-        found.state = _DELETING
+        self.slots[i].live = False
+        heapq.heappush(self.free, -i)
         return True
 
     def sandbox(self) -> None:
@@ -621,7 +660,7 @@ class _SlotTable:
         self.delete(SANDBOX)
 
     def live(self) -> list[_Slot]:
-        return [slot for slot in self.slots if slot.state == _LIVE]
+        return [slot for slot in self.slots if slot.live]
 
 
 @dataclass
@@ -727,7 +766,7 @@ class _Wire:
     def read_head(self) -> bytes | _Reply | None:
         """Bytes up to the blank line, an error page, or None at end of stream."""
         while True:
-            while self.buf[:1] in (b"\r", b"\n"):  # nginx skips empty lines before a request
+            while self.buf and self.buf[0] in b"\r\n":  # nginx skips empty lines before a request
                 del self.buf[:1]
             line_end = self.buf.find(b"\n")
             if line_end > _MAX_LINE or (line_end == -1 and len(self.buf) > _MAX_LINE):
@@ -800,7 +839,7 @@ def _parse_head(head: bytes) -> tuple[str, str, tuple[int, int], dict[str, str]]
     parts = lines[0].split()
     if len(parts) != 3 or not re.fullmatch(r"[A-Z_-]+", parts[0]):
         return _page(400)
-    version = re.fullmatch(r"HTTP/(\d)\.(\d)", parts[2])
+    version = re.fullmatch(r"HTTP/([0-9])\.([0-9])", parts[2])
     if not version:
         return _page(400)
     if version.group(1) != "1":
@@ -835,7 +874,7 @@ def _read_request(wire: _Wire, *, max_body: int) -> _Request | _Reply | None:
     length_text = headers.get("content-length")
     if length_text is None:
         return _Request(method, segments, None, [], keep_alive)
-    if not length_text.isdigit():
+    if not re.fullmatch(r"[0-9]+", length_text):
         return _page(400)
     length = int(length_text)
     if max_body and length > max_body:
@@ -896,7 +935,7 @@ class _Listener:
                 ready, _, _ = select.select([self.sock, self.wake_r], [], [])
                 if self.wake_r in ready:
                     return
-                with contextlib.suppress(BlockingIOError, InterruptedError):
+                with contextlib.suppress(OSError):  # the client may already be gone
                     client, _ = self.sock.accept()
                     client.setblocking(True)
                     self.admit(client)
@@ -972,9 +1011,12 @@ class DyupsSimulator:
         self._timer_cv = threading.Condition(self._lock)
         self._shm = threading.Lock()  # the zone's mutex, which trylock tries
         self._stopping = threading.Event()
+        self._version = 0  # bumped on every change, so that wait_until misses none
 
         self._workers = [self._fresh_worker(i, time.monotonic()) for i in range(workers)]
-        self._queue: deque[_Message] = deque()
+        # The shared queue, seen per worker: what each has still to apply, oldest first.
+        self._pending: list[deque[_Message]] = [deque() for _ in range(workers)]
+        self._queue_length = 0
         self._queue_bytes = 0
         self._persisted: dict[str, _Slot] = {}  # head: what survives a reload, by folded name
         self._stats = SimStats()
@@ -1002,7 +1044,7 @@ class DyupsSimulator:
     def stop(self) -> None:
         self._stopping.set()
         with self._lock:
-            self._changed.notify_all()
+            self._notify()
             self._timer_cv.notify_all()
         if self._listener is not None:
             self._listener.close()
@@ -1061,9 +1103,10 @@ class DyupsSimulator:
             self._workers[index] = worker
             if self.flavour == "head":
                 self._restore(worker)
-            for message in list(self._queue):
+            for message in self._pending[index]:
                 self._mark_applied(message, index)
-            self._changed.notify_all()
+            self._pending[index].clear()
+            self._notify()
             self._timer_cv.notify_all()
         self._drop_connections(lambda conn: conn.worker == index)
 
@@ -1083,7 +1126,7 @@ class DyupsSimulator:
         """Read requests and never answer them; switching off closes those connections."""
         with self._lock:
             self._hang = on
-            self._changed.notify_all()
+            self._notify()
 
     def set_delay(self, seconds: float) -> None:
         """Answer every request this late (the delay comes before the request is handled)."""
@@ -1118,7 +1161,11 @@ class DyupsSimulator:
     # ------------------------------------------------------------------ inspection
 
     def upstreams(self, worker: int | None = None) -> dict[str, list[SimServer]]:
-        """Name -> servers as that worker holds them (worker 0 by default), in its order."""
+        """Name -> servers as that worker holds them (worker 0 by default), in its order.
+
+        classic: nginx.conf upstreams too (the API manages them). head: only the
+        upstreams made through the API, as its `/list` shows them.
+        """
         with self._lock:
             slots = self._view(self._workers[worker or 0])
             return {slot.name: list(slot.servers) for slot in slots}
@@ -1148,7 +1195,7 @@ class DyupsSimulator:
 
     def queue_length(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return self._queue_length
 
     def queue_bytes(self) -> int:
         with self._lock:
@@ -1177,10 +1224,35 @@ class DyupsSimulator:
         with self._lock:
             self._applied.clear()
 
-    def wait_until(self, predicate: Callable[[DyupsSimulator], bool], timeout: float) -> bool:
-        """Wait until `predicate(self)` holds; False on timeout. Re-checked on each change."""
-        with self._changed:
-            return self._changed.wait_for(lambda: predicate(self), timeout)
+    def wait_until(
+        self,
+        predicate: Callable[[DyupsSimulator], bool],
+        timeout: float,
+        *,
+        recheck: float = 0.05,
+    ) -> bool:
+        """Wait until `predicate(self)` holds; False on timeout.
+
+        Re-checked on every change of the simulator, and at least every `recheck`
+        seconds so that it may also look at outside state (the syncer's). It runs
+        outside the simulator's lock, so it may call into code that waits on it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                version = self._version
+            if predicate(self):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with self._lock:
+                if self._version == version:
+                    self._changed.wait(min(left, recheck))
+
+    def _notify(self) -> None:
+        self._version += 1
+        self._changed.notify_all()
 
     # ------------------------------------------------------------------ state helpers
 
@@ -1192,9 +1264,7 @@ class DyupsSimulator:
     def _fresh_worker(self, index: int, ready_at: float) -> _Worker:
         table = _SlotTable()
         if self.flavour == "classic":  # head's table holds only what came through the API
-            table.slots = [
-                _Slot(n, servers, body, static=True) for n, body, servers in self._static
-            ]
+            table = _SlotTable(_Slot(n, ss, body, static=True) for n, body, ss in self._static)
         phase = self._rng.random() * self.read_msg_timeout
         return _Worker(index, table, ready_at=ready_at, next_tick=ready_at + phase)
 
@@ -1208,21 +1278,21 @@ class DyupsSimulator:
         if keep_dynamic:
             for worker in self._workers:
                 self._restore(worker)
-        self._queue.clear()
+        self._pending = [deque() for _ in range(self._n)]
+        self._queue_length = 0
         self._queue_bytes = 0
-        self._changed.notify_all()
+        self._notify()
         self._timer_cv.notify_all()
 
     def _view(self, worker: _Worker) -> list[_Slot]:
+        """What the interface can show of a worker (head never shows nginx.conf upstreams)."""
         if self.flavour == "classic":
             return worker.table.live()
-        dynamic = sorted(worker.table.live(), key=_tree_order)
-        static = [_Slot(n, servers, body, static=True) for n, body, servers in self._static]
-        return static + dynamic
+        return sorted(worker.table.live(), key=_tree_order)
 
     def _event(self, worker: int, op: Op, name: str, body: str | None) -> None:
         self._applied.append(AppliedEvent(time.monotonic(), worker, op, name, body))
-        self._changed.notify_all()
+        self._notify()
 
     def _apply_message(self, worker: _Worker, message: _Message) -> None:
         if message.op == "delete":
@@ -1235,16 +1305,17 @@ class DyupsSimulator:
 
     def _mark_applied(self, message: _Message, index: int) -> None:
         message.pending.discard(index)
-        if not message.pending:
-            self._queue.remove(message)
+        if not message.pending:  # every worker has it: the slab memory is freed
+            self._queue_length -= 1
             self._queue_bytes -= message.cost
 
     def _drain(self, worker: _Worker) -> None:
         """ngx_http_dyups_read_msg_locked: apply, oldest first, what this worker has not."""
-        for message in list(self._queue):
-            if worker.index in message.pending:
-                self._apply_message(worker, message)
-                self._mark_applied(message, worker.index)
+        pending = self._pending[worker.index]
+        while pending:
+            message = pending.popleft()
+            self._apply_message(worker, message)
+            self._mark_applied(message, worker.index)
 
     def _enqueue(self, worker: int, op: Op, name: str, slot: _Slot | None) -> bool:
         others = set(range(self._n)) - {worker}
@@ -1255,7 +1326,10 @@ class DyupsSimulator:
         if self._queue_bytes + cost > self.queue_capacity:
             return False
         servers = slot.servers if slot else ()
-        self._queue.append(_Message(op, name, body, servers, cost, others))
+        message = _Message(op, name, body, servers, cost, others)
+        for index in others:
+            self._pending[index].append(message)
+        self._queue_length += 1
         self._queue_bytes += cost
         self._stats.queue_high_water = max(self._stats.queue_high_water, self._queue_bytes)
         return True
@@ -1300,7 +1374,7 @@ class DyupsSimulator:
             conn = _Conn(sock, self._pick_worker())
             self._conns.add(conn)
             self._stats.connections += 1
-            self._changed.notify_all()
+            self._notify()
         conn.thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
         conn.thread.start()
 
@@ -1322,6 +1396,7 @@ class DyupsSimulator:
     def _count_bytes(self, n: int) -> None:
         with self._lock:
             self._stats.bytes_received += n
+            self._notify()
 
     def _serve(self, conn: _Conn) -> None:
         wire = _Wire(conn.sock, self._count_bytes)
@@ -1350,14 +1425,14 @@ class DyupsSimulator:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-                self._changed.notify_all()
+                self._notify()
             conn.shutdown()
             conn.sock.close()
 
     def _count(self, conn: _Conn, method: str, status: int) -> None:
         with self._lock:
             self._stats.requests[(method, status)] += 1
-            self._changed.notify_all()
+            self._notify()
 
     def _respond(self, conn: _Conn, request: _Request) -> _Reply | None:
         if not self._before_answer(conn):
@@ -1371,7 +1446,7 @@ class DyupsSimulator:
         with self._lock:
             if self._hang:
                 self._stats.hung += 1
-                self._changed.notify_all()
+                self._notify()
                 while self._hang and not self._stopping.is_set():
                     self._changed.wait()
                 return False
@@ -1400,6 +1475,7 @@ class DyupsSimulator:
     def _get(self, worker: int, segments: list[str]) -> _Reply:
         with self._lock:
             self._stats.gets += 1
+            self._notify()
         keyword = _fold(segments[0]) if segments else ""
         if self.flavour == "classic" or keyword == "list":
             self._sync_for_read(worker)
@@ -1426,12 +1502,13 @@ class DyupsSimulator:
         return "".join(blocks)
 
     def _head_list(self, worker: int) -> _Reply:
-        slots = sorted(self._workers[worker].table.live(), key=_tree_order)
+        slots = self._view(self._workers[worker])
         return _listing("".join(f"upstream {s.name} {{\n{s.body}\n}}\n" for s in slots))
 
     def _post(self, worker: int, request: _Request) -> _Reply:
         with self._lock:
             self._stats.posts += 1
+            self._notify()
         if request.body is None:
             return _text(204, NO_CONTENT)
         if len(request.segments) != 2:
@@ -1457,6 +1534,7 @@ class DyupsSimulator:
             cut = cut_after_servers(body, keep) if keep is not None else None
             if len(raw) < len(request.body) or cut is not None:
                 self._stats.truncated += 1
+                self._notify()
         return body if cut is None else cut
 
     def _lock_for_write(self) -> bool:
@@ -1468,7 +1546,7 @@ class DyupsSimulator:
             injected = self._conflict_rate > 0 and self._rng.random() < self._conflict_rate
             if injected or not self._shm.acquire(blocking=False):
                 self._stats.conflicts += 1
-                self._changed.notify_all()
+                self._notify()
                 return False
         return True
 
@@ -1479,11 +1557,9 @@ class DyupsSimulator:
 
     def _update(self, index: int, name: str, body: str) -> _Reply:
         worker = self._workers[index]
+        self._drain(worker)
         if self.flavour == "classic":
-            self._drain(worker)
             worker.table.sandbox()
-        else:
-            self._drain(worker)
         try:
             if worker.poisoned:
                 raise BodyError("this worker can no longer parse any body")
@@ -1491,11 +1567,12 @@ class DyupsSimulator:
         except BodyError as error:
             worker.poisoned = worker.poisoned or isinstance(error, PoisonError)
             self._stats.rejected += 1
-            self._changed.notify_all()
+            self._notify()
             return _text(500, ADD_FAILED)
         slot = _Slot(name, servers, body)
         worker.table.update(slot)
-        self._persisted[_fold(name)] = replace(slot)
+        if self.flavour == "head":
+            self._persisted[_fold(name)] = replace(slot)
         self._event(index, "post", name, body)
         if not self._enqueue(index, "post", name, slot):
             self._stats.alerts += 1
@@ -1505,6 +1582,7 @@ class DyupsSimulator:
     def _delete(self, worker: int, segments: list[str]) -> _Reply | None:
         with self._lock:
             self._stats.deletes += 1
+            self._notify()
         if len(segments) != 2:
             return _text(405, NOT_INTERFACE)
         if _fold(segments[0]) != "upstream":

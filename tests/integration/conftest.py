@@ -106,6 +106,8 @@ class Env:
         return all(sim_view(sim, w) == want for w in range(sim.workers))
 
     def wait_converged(self, sims: list[DyupsSimulator] | None = None, desired=None) -> bool:
+        # Parse the file once: the predicate runs on every simulator change.
+        desired = self.desired() if desired is None else desired
         return all(
             s.wait_until(lambda x: self.converged(x, desired), WAIT) for s in (sims or self.sims)
         )

@@ -204,7 +204,7 @@ def test_queue_overflow_is_repaired_when_the_budget_is_wrong(make_env):
             for i in range(60)
         }
     )
-    # The operator told us the zone is 64 MiB: writes go too fast and overflow.
+    # ...but the operator told us 64 MiB every 50 ms: writes go too fast and overflow.
     app = env.start(
         proxies={
             "static": [

@@ -9,7 +9,14 @@ from collections.abc import Iterator
 import pytest
 
 from syncer.model import Server, Upstream
-from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour, Outcome, ProxyProtocolError, ProxyUnavailable
+from syncer.proxy.dyups import (
+    ClientSettings,
+    DyupsClient,
+    Flavour,
+    Outcome,
+    ProxyProtocolError,
+    ProxyUnavailable,
+)
 
 CLOSE = object()  # answer by closing the connection without a byte
 
@@ -53,7 +60,9 @@ class Scripted:
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 lines = head.decode().split("\r\n")
                 method, path, _ = lines[0].split(" ")
-                headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+                headers = {
+                    k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])
+                }
                 length = int(headers.get("content-length", 0))
                 while len(buf) < length:
                     buf += conn.recv(65536)
@@ -64,7 +73,9 @@ class Scripted:
                     return
                 status, text = answer
                 data = text.encode()
-                conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+                conn.sendall(
+                    f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+                )
                 if headers.get("connection") == "close":
                     return
 

@@ -22,7 +22,7 @@ from syncer.model import (
 )
 
 # ';' may appear only as a statement terminator (checked separately).
-FORBIDDEN = set('{}#$"\'') | (set(string.whitespace) - {" "}) | {chr(c) for c in range(32)}
+FORBIDDEN = set("{}#$\"'") | (set(string.whitespace) - {" "}) | {chr(c) for c in range(32)}
 
 
 def test_render_canonical_body():
@@ -72,7 +72,9 @@ def test_hostnames_only_where_allowed():
         Server("bad_host!", 80, allow_hostname=True)
 
 
-@pytest.mark.parametrize("name", ["", "-x", "a b", "a/b", "a:b", "a$b", "_dyups_upstream_sandbox_", "x" * 201])
+@pytest.mark.parametrize(
+    "name", ["", "-x", "a b", "a/b", "a:b", "a$b", "_dyups_upstream_sandbox_", "x" * 201]
+)
 def test_bad_names(name):
     with pytest.raises(ModelError):
         normalize_name(name)
@@ -103,8 +105,18 @@ def test_upstream_rules():
 
 
 @pytest.mark.parametrize(
-    "text", ["zone shared 64k", "hash $request_uri consistent", "keepalive $x", "keepalive 0",
-             "least_conn extra", "random three", "keepalive_timeout 1d", "server 1.2.3.4:80", "check"]
+    "text",
+    [
+        "zone shared 64k",
+        "hash $request_uri consistent",
+        "keepalive $x",
+        "keepalive 0",
+        "least_conn extra",
+        "random three",
+        "keepalive_timeout 1d",
+        "server 1.2.3.4:80",
+        "check",
+    ],
 )
 def test_directives_outside_the_allowlist_are_refused(text):
     with pytest.raises(ModelError):
@@ -132,7 +144,10 @@ def test_parse_detail_matches_what_we_render():
     observed = parse_detail(DETAIL)
     want = Upstream(
         "web",
-        (Server("10.0.0.7", 8080, weight=3, max_fails=2, fail_timeout=5), Server("fd00::9", 8080, backup=True)),
+        (
+            Server("10.0.0.7", 8080, weight=3, max_fails=2, fail_timeout=5),
+            Server("fd00::9", 8080, backup=True),
+        ),
     )
     assert observed["web"].servers == want.servers
     assert set(observed) == {"static_be", "web"}
@@ -144,7 +159,14 @@ def test_parse_detail_tolerates_missing_max_conns_and_any_order():
     assert server == Server("10.0.0.7", 8080, weight=3, max_fails=2, fail_timeout=5, down=True)
 
 
-@pytest.mark.parametrize("text", ["server 1.2.3.4:80 weight=1\n\n", "web\nserver nonsense\n\n", "web\nserver 1.2.3.4:80 weight=x\n\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "server 1.2.3.4:80 weight=1\n\n",
+        "web\nserver nonsense\n\n",
+        "web\nserver 1.2.3.4:80 weight=x\n\n",
+    ],
+)
 def test_parse_detail_rejects_garbage_with_parse_error(text):
     with pytest.raises(ParseError):
         parse_detail(text)
@@ -157,7 +179,10 @@ def test_parse_list_both_flavours_and_get_upstream():
     assert parsed["web"].body == "server 127.0.0.1:18092 weight=3;"
     assert parsed["web"].servers == (Server("127.0.0.1", 18092, weight=3),)
     assert parsed["api"].body == "least_conn; server 127.0.0.1:18093;"
-    assert parse_upstream_addresses("server 127.0.0.1:18092\nserver [::1]:18091\n") == ["127.0.0.1:18092", "[::1]:18091"]
+    assert parse_upstream_addresses("server 127.0.0.1:18092\nserver [::1]:18091\n") == [
+        "127.0.0.1:18092",
+        "[::1]:18091",
+    ]
     with pytest.raises(ParseError):
         parse_list_head("garbage")
 
@@ -176,9 +201,13 @@ servers = st.builds(
     down=st.booleans(),
     max_conns=st.integers(0, 100),
 )
-names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,30}", fullmatch=True).filter(lambda n: n != "_dyups_upstream_sandbox_")
+names = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,30}", fullmatch=True).filter(
+    lambda n: n != "_dyups_upstream_sandbox_"
+)
 directives = st.lists(
-    st.sampled_from(["least_conn", "keepalive 16", "keepalive_requests 100", "keepalive_timeout 60s"]),
+    st.sampled_from(
+        ["least_conn", "keepalive 16", "keepalive_requests 100", "keepalive_timeout 60s"]
+    ),
     unique=True,
 ).map(lambda ds: tuple(Directive.parse(d) for d in ds))
 
@@ -222,7 +251,9 @@ def test_rendered_body_never_holds_a_forbidden_character(up):
 @given(st.text(), st.integers(), st.text(), st.text())
 def test_arbitrary_input_either_fails_or_renders_safely(host, port, name, directive):
     try:
-        up = Upstream(name, (Server(host, port, allow_hostname=True),), (Directive.parse(directive),))
+        up = Upstream(
+            name, (Server(host, port, allow_hostname=True),), (Directive.parse(directive),)
+        )
     except ModelError:
         return
     body = up.render()

@@ -17,7 +17,9 @@ from syncer.plan import (
 
 
 def up(name, *ips, directives=()):
-    return Upstream(name, tuple(Server(ip, 80) for ip in ips), tuple(Directive.parse(d) for d in directives))
+    return Upstream(
+        name, tuple(Server(ip, 80) for ip in ips), tuple(Directive.parse(d) for d in directives)
+    )
 
 
 def seen(u: Upstream, head=False):
@@ -40,14 +42,20 @@ def test_no_post_when_proxy_already_holds_it():
 
 
 def test_changed_servers_are_posted():
-    p = plan({"a": up("a", "10.0.0.1", "10.0.0.2")}, {"a": seen(up("a", "10.0.0.1"))},
-             Ownership(frozenset({"a"})), SYNC)
+    p = plan(
+        {"a": up("a", "10.0.0.1", "10.0.0.2")},
+        {"a": seen(up("a", "10.0.0.1"))},
+        Ownership(frozenset({"a"})),
+        SYNC,
+    )
     assert [(u.name, u.reason) for u in p.upserts] == [("a", "changed")]
 
 
 def test_not_owned_desired_name_is_a_conflict_not_a_write():
     static = up("static_be", "127.0.0.1")
-    p = plan({"static_be": up("static_be", "10.0.0.9")}, {"static_be": seen(static)}, Ownership(), SYNC)
+    p = plan(
+        {"static_be": up("static_be", "10.0.0.9")}, {"static_be": seen(static)}, Ownership(), SYNC
+    )
     assert p.conflicts == ("static_be",) and p.empty
 
 
@@ -56,14 +64,21 @@ def test_not_owned_desired_name_is_a_conflict_not_a_write():
     [Ownership(prefix="svc-"), Ownership(adopt=frozenset({"svc-a"}))],
 )
 def test_prefix_and_adopt_make_names_ours(ownership):
-    p = plan({"svc-a": up("svc-a", "10.0.0.2")}, {"svc-a": seen(up("svc-a", "10.0.0.1"))}, ownership, SYNC)
+    p = plan(
+        {"svc-a": up("svc-a", "10.0.0.2")},
+        {"svc-a": seen(up("svc-a", "10.0.0.1"))},
+        ownership,
+        SYNC,
+    )
     assert [u.name for u in p.upserts] == ["svc-a"] and not p.conflicts
 
 
 def test_only_owned_upstreams_are_deleted():
     observed = {n: seen(up(n, "10.0.0.1")) for n in ("static_be", "mine", "keep1", "keep2")}
     owned = Ownership(frozenset({"mine", "keep1", "keep2"}))
-    p = plan({"keep1": up("keep1", "10.0.0.1"), "keep2": up("keep2", "10.0.0.1")}, observed, owned, SYNC)
+    p = plan(
+        {"keep1": up("keep1", "10.0.0.1"), "keep2": up("keep2", "10.0.0.1")}, observed, owned, SYNC
+    )
     assert [d.name for d in p.deletes] == ["mine"]
 
 
@@ -83,8 +98,8 @@ def test_no_deletes_while_restoring_from_snapshot():
     "owned, desired, refused",
     [
         (4, 2, False),  # 2/4 = 0.5: not more than the fraction
-        (4, 1, True),   # 3/4
-        (2, 0, True),   # 2/2
+        (4, 1, True),  # 3/4
+        (2, 0, True),  # 2/2
         (1, 0, False),  # a single delete is always allowed
         (10, 0, True),
     ],
@@ -99,7 +114,9 @@ def test_mass_delete_breaker(owned, desired, refused):
     if refused:
         # upserts still go ahead while deletes are held back
         assert set(p.refused_deletes) == set(names[desired:])
-        overridden = plan(want, observed, Ownership(frozenset(names)), PlanPolicy(override_breaker=True))
+        overridden = plan(
+            want, observed, Ownership(frozenset(names)), PlanPolicy(override_breaker=True)
+        )
         assert {d.name for d in overridden.deletes} == set(names[desired:])
 
 
@@ -110,7 +127,12 @@ def test_directives_are_invisible_on_classic_so_the_applied_record_decides():
     assert plan({"a": a}, observed, owned, SYNC).upserts[0].reason == "unverified"
     assert plan({"a": a}, observed, owned, SYNC, applied={"a": body_hash(a.render())}).empty
     b = up("a", "10.0.0.1", directives=["keepalive 8"])
-    assert plan({"a": b}, observed, owned, SYNC, applied={"a": body_hash(a.render())}).upserts[0].reason == "changed"
+    assert (
+        plan({"a": b}, observed, owned, SYNC, applied={"a": body_hash(a.render())})
+        .upserts[0]
+        .reason
+        == "changed"
+    )
 
 
 def test_head_compares_the_echoed_body():
@@ -150,7 +172,9 @@ def test_planning_is_idempotent(desired_raw, observed_raw, owned, head, mode):
     after = apply_to_observed(observed, first, head=head)
     ownership2 = Ownership(owned | set(first.claims))
     applied = {u.name: body_hash(u.body) for u in first.upserts}
-    second = plan(desired, after, ownership2, PlanPolicy(mode=mode, max_delete_fraction=1.0), applied=applied)
+    second = plan(
+        desired, after, ownership2, PlanPolicy(mode=mode, max_delete_fraction=1.0), applied=applied
+    )
     assert second.empty
 
 

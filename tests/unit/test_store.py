@@ -80,7 +80,10 @@ def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
 def test_snapshot_entries_that_fail_validation_are_skipped(tmp_path):
     s = Store(["a"])
     data = s.snapshot()
-    data.sources["a"] = {"x": {"servers": [{"host": "1.2.3.4;", "port": 80}]}, "y": {"servers": [{"host": "1.2.3.4", "port": 80}]}}
+    data.sources["a"] = {
+        "x": {"servers": [{"host": "1.2.3.4;", "port": 80}]},
+        "y": {"servers": [{"host": "1.2.3.4", "port": 80}]},
+    }
     problems = s.restore(data)
     assert len(problems) == 1 and "x" in problems[0]
     assert set(s.current().upstreams) == {"y"}
