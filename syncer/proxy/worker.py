@@ -337,9 +337,10 @@ class ProxyWorker:
             retry=tenacity.retry_if_result(
                 lambda r: r.outcome.retryable and r.outcome is not Outcome.UNAVAILABLE
             ),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.s.retry_initial, max=self.s.retry_max
-            ),
+            # Exponential backoff with jitter, capped (spelled out: the argument names
+            # of wait_exponential_jitter differ across tenacity releases).
+            wait=tenacity.wait_exponential(multiplier=self.s.retry_initial, max=self.s.retry_max)
+            + tenacity.wait_random(0, self.s.retry_initial),
             stop=tenacity.stop_after_attempt(self.s.retry_attempts) | NewerOrStopping(),
             sleep=sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,

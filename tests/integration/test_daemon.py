@@ -296,3 +296,21 @@ def test_metrics_and_state_are_served(make_env):
     state = json.loads(urllib.request.urlopen(base + "/state").read())
     assert set(state["desired"]) == {"web", "api"} and state["proxies"]["p0"]["up"] is True
     _ = want_view
+
+
+def test_hand_edits_are_repaired_by_the_resync(make_env):
+    from syncer.testing.dyups import raw_request
+
+    env = make_env(1)
+    env.write(BASE)
+    app = env.start(resync_interval=0.3, probe_interval=60)  # only the resync can notice
+    assert env.wait_converged()
+    sim = env.sims[0]
+    assert (
+        raw_request(sim.url, "POST", "/upstream/web", b"server 10.6.6.6:80 weight=9;").status == 200
+    )
+    assert raw_request(sim.url, "DELETE", "/upstream/api").status == 200
+    assert not env.converged(sim)
+    assert env.wait_converged()
+    assert metric(app, "dyups_syncer_drift_repairs_total", proxy="p0", reason="changed") == 1
+    assert metric(app, "dyups_syncer_drift_repairs_total", proxy="p0", reason="missing") == 1
