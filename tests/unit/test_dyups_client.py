@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -24,10 +25,12 @@ CLOSE = object()  # answer by closing the connection without a byte
 class Scripted:
     """Answers each request with the next scripted (status, body) or CLOSE; records requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls=None) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_side=True)
         self.script: list = []
         self.requests: list[tuple[str, str, bytes]] = []
         self.recv_sizes: list[int] = []
@@ -42,6 +45,8 @@ class Scripted:
         while True:
             try:
                 conn, _ = self.sock.accept()
+            except ssl.SSLError:
+                continue  # a client that failed the handshake
             except OSError:
                 return
             self.connections += 1
@@ -202,3 +207,95 @@ def test_kick_uses_fresh_connections(server):
     server.script = [(204, "")] * 5
     assert client(server).kick(5) == 5
     assert server.connections == 5
+
+
+def _make_pki(tmp_path):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
+    import subprocess
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        (tmp_path / f"{name}.ext").write_text(ext + "\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+        )
+    return tmp_path
+
+
+def test_tls_with_ca_and_client_certificate(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:  # pragma: no cover - openssl ships with every Debian
+        pytest.fail("the openssl command is needed to make test certificates")
+    pki = _make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
+    context.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
+    context.verify_mode = ssl.CERT_REQUIRED  # the proxy demands a client certificate
+    server = Scripted(tls=context)
+    url = server.url.replace("http://", "https://")
+    server.script = [(204, "")]
+    good = DyupsClient(
+        ClientSettings(
+            url=url,
+            ca_file=str(pki / "ca.pem"),
+            cert_file=str(pki / "client.pem"),
+            key_file=str(pki / "client.key"),
+            flavour=Flavour.CLASSIC,
+        )
+    )
+    assert good.list_names() == set()
+    no_cert = DyupsClient(
+        ClientSettings(url=url, ca_file=str(pki / "ca.pem"), flavour=Flavour.CLASSIC)
+    )
+    with pytest.raises(ProxyUnavailable):
+        no_cert.list_names()
+    untrusted = DyupsClient(ClientSettings(url=url, flavour=Flavour.CLASSIC))
+    with pytest.raises(ProxyUnavailable):
+        untrusted.list_names()
+    server.sock.close()
