@@ -9,6 +9,7 @@ control characters) can reach a POST body: the types make it impossible.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -62,6 +63,7 @@ def _is_hostname(host: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=65536)  # hosts repeat across upstreams and every resync
 def canonical_host(raw: str, *, allow_hostname: bool) -> str:
     """Return the host in canonical form: compressed IP literal, or lower-cased hostname."""
     if not isinstance(raw, str) or not raw:
@@ -205,6 +207,8 @@ class Upstream:
     name: str
     servers: tuple[Server, ...]
     directives: tuple[Directive, ...] = ()
+    # The rendered body, computed once: planning compares it for every upstream.
+    body: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))
@@ -235,8 +239,13 @@ class Upstream:
             )
         object.__setattr__(self, "servers", servers)
         object.__setattr__(self, "directives", directives)
+        object.__setattr__(self, "body", self._render())
 
     def render(self) -> str:
+        """The canonical POST body (see `_render`)."""
+        return self.body
+
+    def _render(self) -> str:
         """The canonical POST body: servers first, then the balancer, then keepalive.
 
         Servers come before any balancer directive, so a balancer can never be

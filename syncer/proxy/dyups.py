@@ -196,6 +196,7 @@ class DyupsClient:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._flavour: Flavour | None = settings.flavour
+        self._last_detail: tuple[str, dict[str, ObservedUpstream]] = ("", {})
 
     # ------------------------------------------------------------- transport
     @property
@@ -287,7 +288,7 @@ class DyupsClient:
     def _classify_detail(self, answer: _Answer) -> dict[str, ObservedUpstream] | None:
         if answer.status in (200, 204):
             self._flavour = Flavour.CLASSIC
-            return _parse(parse_detail, answer.body) if answer.status == 200 else {}
+            return self._detail_result(answer)
         if answer.status == 404 and not answer.body:
             self._flavour = Flavour.HEAD
             return None
@@ -314,7 +315,11 @@ class DyupsClient:
             return {}
         if answer.status != 200:
             raise ProxyProtocolError(f"GET /detail answered {answer.status}")
-        return _parse(parse_detail, answer.body)
+        # In the steady state the proxy answers the same text every resync: parsing a
+        # large /detail costs far more than comparing it with the last one.
+        if answer.body != self._last_detail[0]:
+            self._last_detail = (answer.body, _parse(parse_detail, answer.body))
+        return dict(self._last_detail[1])
 
     def list_head(self, *, fresh: bool = False) -> dict[str, ObservedUpstream]:
         answer = self._read("/list", fresh=fresh)
