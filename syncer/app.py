@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
 from syncer import log as logging_
-from syncer.config import Config, FileSourceConfig, ProxyConfig
+from syncer.config import Config, FileSourceConfig, KubernetesSourceConfig, ProxyConfig
 from syncer.http import StatusServer
 from syncer.metrics import Metrics
 from syncer.model import Upstream
@@ -67,7 +68,40 @@ def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
     )
 
 
-def build_source(cfg: FileSourceConfig, store: Store, metrics: Metrics, log: Any) -> Source:
+def build_source(
+    cfg: FileSourceConfig | KubernetesSourceConfig,
+    store: Store,
+    metrics: Metrics,
+    log: Any,
+    *,
+    allow_empty: bool = False,
+) -> Source:
+    if isinstance(cfg, KubernetesSourceConfig):
+        # Imported here so that file-only installs need no Kubernetes client.
+        from syncer.sources.kube_translate import Options
+        from syncer.sources.kubernetes import KubernetesSource, api_client, static_mapping
+
+        return KubernetesSource(
+            name=cfg.source_name,
+            store=store,
+            metrics=metrics,
+            log=log,
+            api=api_client(
+                api_url=cfg.api_url,
+                kubeconfig=str(cfg.kubeconfig) if cfg.kubeconfig else None,
+                context=cfg.context,
+            ),
+            options=Options(
+                prefix=cfg.annotation_prefix,
+                terminating_fallback=cfg.terminating_fallback,
+                allow_fqdn=cfg.allow_fqdn,
+                static=static_mapping(cfg.static),
+            ),
+            namespaces=cfg.namespaces,
+            label_selector=cfg.label_selector,
+            allow_empty=allow_empty,
+            watch_timeout=cfg.watch_timeout,
+        )
     return FileSource(
         name=cfg.source_name,
         path=cfg.path,
@@ -94,7 +128,10 @@ class App:
         self.writer = SnapshotWriter(
             config.snapshot_path, self.store.snapshot, on_error=self._snapshot_failed
         )
-        self.sources = [build_source(s, self.store, self.metrics, self.log) for s in config.sources]
+        self.sources = [
+            build_source(s, self.store, self.metrics, self.log, allow_empty=config.allow_empty)
+            for s in config.sources
+        ]
         self.workers = [
             ProxyWorker(
                 label=p.label,
@@ -239,6 +276,9 @@ class App:
         }
 
 
+SOURCE_READ_TIMEOUT = 30.0  # how long `plan` waits for a source's first complete read
+
+
 def dry_run(config: Config, log: Any) -> tuple[dict[str, Plan | str], Mapping[str, Upstream]]:
     """Read every source once and every proxy once; plan without writing anything.
     Returns per proxy label a Plan, or an error text."""
@@ -252,10 +292,16 @@ def dry_run(config: Config, log: Any) -> tuple[dict[str, Plan | str], Mapping[st
     if data is not None:
         store.restore(data)
     for cfg in config.sources:
-        source = build_source(cfg, store, metrics, log)
-        assert isinstance(source, FileSource)
-        source.poll()
-        if not source.healthy:
+        source = build_source(cfg, store, metrics, log, allow_empty=config.allow_empty)
+        if isinstance(source, FileSource):
+            source.poll()
+        else:
+            source.start()
+            deadline = time.monotonic() + SOURCE_READ_TIMEOUT
+            while not store.synced(source.name) and time.monotonic() < deadline:
+                store.wait_newer(store.current().version, 0.2)
+            source.stop()
+        if not store.synced(source.name):
             log.warning("source_unavailable", source=source.name, error=source.last_error)
     desired = store.current()
     results: dict[str, Plan | str] = {}

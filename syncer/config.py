@@ -85,7 +85,35 @@ class FileSourceConfig(_Strict):
         return self.name or f"file:{self.path}"
 
 
-SourceConfig = Annotated[FileSourceConfig, Field(discriminator="type")]
+class KubernetesSourceConfig(_Strict):
+    type: Literal["kubernetes"]
+    name: str | None = None
+    namespaces: list[str] = []  # empty: every namespace
+    label_selector: str = ""  # limits the Services watched
+    annotation_prefix: str = "dyups-syncer.io"
+    # `namespace/service:port` → upstream name ("" for `<namespace>-<service>`)
+    static: dict[str, str] = {}
+    terminating_fallback: bool = True
+    allow_fqdn: bool = False
+    kubeconfig: Path | None = None
+    context: str | None = None
+    api_url: str | None = None  # a plain URL (kubectl proxy); default in-cluster/kubeconfig
+    watch_timeout: Duration = 300.0
+
+    @field_validator("static")
+    @classmethod
+    def _static(cls, value: dict[str, str]) -> dict[str, str]:
+        for source in value:
+            if not re.fullmatch(r"[a-z0-9.-]+/[a-z0-9.-]+:[A-Za-z0-9_-]+", source):
+                raise ValueError(f"{source!r} must be namespace/service:port")
+        return value
+
+    @property
+    def source_name(self) -> str:
+        return self.name or "kubernetes"
+
+
+SourceConfig = Annotated[FileSourceConfig | KubernetesSourceConfig, Field(discriminator="type")]
 
 
 class BasicAuth(_Strict):
@@ -297,7 +325,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def rel(p: Path) -> Path:
         return p if p.is_absolute() else base / p
 
-    sources = [s.model_copy(update={"path": rel(s.path)}) for s in config.sources]
+    sources: list[FileSourceConfig | KubernetesSourceConfig] = []
+    for source in config.sources:
+        if isinstance(source, FileSourceConfig):
+            source = source.model_copy(update={"path": rel(source.path)})
+        elif source.kubeconfig is not None:
+            source = source.model_copy(update={"kubeconfig": rel(source.kubeconfig)})
+        sources.append(source)
     return config.model_copy(
         update={"sources": sources, "snapshot_path": rel(config.snapshot_path)}
     )

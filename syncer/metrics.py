@@ -109,6 +109,12 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.source_rejected = Counter(
+            p + "source_rejected_total",
+            "Source objects rejected for invalid data (the last good upstream is kept).",
+            ["source", "reason"],
+            registry=r,
+        )
         self.source_empty_held = Gauge(
             p + "source_empty_held",
             "1 while a source's empty answer is ignored and its last known upstreams are kept.",

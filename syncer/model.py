@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1-63 chars each.
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_META_RE = re.compile(r"[A-Za-z0-9._/-]{0,253}")
 NAME_MAX = 200  # a URI segment; far below the module's 8 KiB URI limit.
 SANDBOX_NAME = "_dyups_upstream_sandbox_"
 
@@ -94,9 +95,16 @@ class Server:
     down: bool = False
     max_conns: int = 0
     allow_hostname: bool = field(default=False, compare=False, repr=False)
+    # Where the endpoint runs, kept for traffic policies; never rendered, and not
+    # part of equality (the proxy cannot report it).
+    zone: str = field(default="", compare=False, repr=False)
+    node: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        for what in ("zone", "node"):
+            if not _META_RE.fullmatch(getattr(self, what)):
+                raise ModelError(f"{what} {getattr(self, what)!r} is not a valid label value")
         set_(self, "host", canonical_host(self.host, allow_hostname=self.allow_hostname))
         _int_field("port", self.port, minimum=1, maximum=65535)
         _int_field("weight", self.weight, minimum=1, maximum=1_000_000)

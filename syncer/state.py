@@ -134,13 +134,19 @@ class Store:
 
     # ---------------------------------------------------------------- sources
     def publish(
-        self, source: str, upstreams: Mapping[str, Upstream], *, changed_at: float | None = None
+        self,
+        source: str,
+        upstreams: Mapping[str, Upstream],
+        *,
+        changed_at: float | None = None,
+        changed_at_by_name: Mapping[str, float] | None = None,
     ) -> PublishResult:
         """Replace everything `source` provides. `changed_at`: when the change happened
-        at the origin (defaults to now)."""
+        at the origin (defaults to now); `changed_at_by_name` refines it per upstream."""
         if source not in self._by_source:
             raise KeyError(f"unknown source {source!r}")
         when = self._clock() if changed_at is None else changed_at
+        by_name = changed_at_by_name or {}
         with self._cond:
             previous = self._by_source[source]
             first_live = source not in self._synced
@@ -163,7 +169,7 @@ class Store:
             removed = [n for n in previous if n not in accepted]
             for name in changed:
                 self._owner[name] = source
-                self._changed_at[name] = when
+                self._changed_at[name] = by_name.get(name, when)
                 self._removed_at.pop(name, None)
             for name in removed:
                 self._owner.pop(name, None)

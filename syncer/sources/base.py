@@ -66,9 +66,15 @@ class Source(ABC):
 
     # helpers for subclasses
     def publish(
-        self, upstreams: Mapping[str, Upstream], *, changed_at: float | None = None
+        self,
+        upstreams: Mapping[str, Upstream],
+        *,
+        changed_at: float | None = None,
+        changed_at_by_name: Mapping[str, float] | None = None,
     ) -> PublishResult:
-        result = self.store.publish(self.name, upstreams, changed_at=changed_at)
+        result = self.store.publish(
+            self.name, upstreams, changed_at=changed_at, changed_at_by_name=changed_at_by_name
+        )
         self.healthy = True
         self.last_error = ""
         self.metrics.source_up.labels(self.name).set(1)

@@ -1,0 +1,317 @@
+"""Kubernetes source: Services that opt in, with the endpoints of their EndpointSlices.
+
+Two list+watch loops (Services, EndpointSlices) feed raw objects in; a change
+marks the services it touches; this thread recomputes those services only and
+publishes the complete set of upstreams. A service whose endpoints all vanish
+keeps its last known servers (unless `allow_empty`); a service whose data is
+invalid is rejected alone, keeping its last good upstream; a watch failure never
+empties anything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from syncer.metrics import Metrics
+from syncer.model import Upstream
+from syncer.sources.base import Source
+from syncer.sources.kube_translate import (
+    Obj,
+    Options,
+    Rejection,
+    ServiceSpec,
+    build_upstream,
+    parse_service,
+    service_of,
+    trigger_time,
+)
+from syncer.sources.kube_watch import ListWatch
+from syncer.state import Store
+
+
+def api_client(
+    *, api_url: str | None, kubeconfig: str | None, context: str | None
+) -> k8s.ApiClient:
+    """In-cluster config when running in a pod, else kubeconfig; `api_url` for a plain
+    URL (kubectl proxy, tests)."""
+    configuration = k8s.Configuration()
+    if api_url:
+        configuration.host = api_url
+    elif kubeconfig or context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+        k8s_config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
+    else:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+class KubernetesSource(Source):
+    def __init__(
+        self,
+        *,
+        name: str,
+        store: Store,
+        metrics: Metrics,
+        log: Any,
+        api: k8s.ApiClient,
+        options: Options,
+        namespaces: list[str],
+        label_selector: str = "",
+        allow_empty: bool = False,
+        watch_timeout: float = 300.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name=name, store=store, metrics=metrics, log=log)
+        self.options = options
+        self.allow_empty = allow_empty
+        self._wall = wall
+        self._lock = threading.Condition()
+        self._pending: dict[str, float] = {}  # service key → when its change happened
+        self._services: dict[str, Obj] = {}
+        self._slices_by_service: dict[str, dict[str, Obj]] = defaultdict(dict)
+        self._slice_owner: dict[str, str] = {}
+        self._upstreams: dict[str, Upstream] = {}  # service key → upstream
+        self._name_owner: dict[str, str] = {}  # upstream name → service key
+        self._rejected: dict[str, Rejection] = {}
+        self._held_empty: set[str] = set()
+        core, discovery = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
+        self.watches: list[ListWatch] = []
+        for ns in namespaces or [""]:
+            svc_fn = _scoped(core.list_namespaced_service, core.list_service_for_all_namespaces, ns)
+            slice_fn = _scoped(
+                discovery.list_namespaced_endpoint_slice,
+                discovery.list_endpoint_slice_for_all_namespaces,
+                ns,
+            )
+            self.watches.append(
+                ListWatch(
+                    kind="services",
+                    list_fn=svc_fn,
+                    on_change=self._services_changed,
+                    log=self.log,
+                    label_selector=label_selector,
+                    watch_timeout=watch_timeout,
+                )
+            )
+            self.watches.append(
+                ListWatch(
+                    kind="endpointslices",
+                    list_fn=slice_fn,
+                    on_change=self._slices_changed,
+                    log=self.log,
+                    label_selector="kubernetes.io/service-name",
+                    watch_timeout=watch_timeout,
+                )
+            )
+
+    # ------------------------------------------------------------ callbacks
+    def _services_changed(self, changes: dict[str, Obj | None]) -> None:
+        now = self._wall()
+        with self._lock:
+            for key, obj in changes.items():
+                if obj is None:
+                    self._services.pop(key, None)
+                else:
+                    self._services[key] = obj
+                self._pending.setdefault(key, now)
+            self._lock.notify_all()
+
+    def _slices_changed(self, changes: dict[str, Obj | None]) -> None:
+        now = self._wall()
+        with self._lock:
+            for key, obj in changes.items():
+                old_service = self._slice_owner.pop(key, None)
+                if old_service is not None:
+                    self._slices_by_service[old_service].pop(key, None)
+                    self._pending.setdefault(old_service, now)
+                if obj is None:
+                    continue
+                service = service_of(obj)
+                if service is None:
+                    continue
+                self._slice_owner[key] = service
+                self._slices_by_service[service][key] = obj
+                when = trigger_time(obj) or now
+                self._pending[service] = min(self._pending.get(service, when), when)
+            self._lock.notify_all()
+
+    # ----------------------------------------------------------------- loop
+    def run(self, stop: threading.Event) -> None:
+        threads = [
+            threading.Thread(target=w.run, args=(stop,), name=f"watch-{w.kind}", daemon=True)
+            for w in self.watches
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while not stop.is_set():
+                if all(w.synced.is_set() for w in self.watches):
+                    self._process()
+                self._report_health()
+                with self._lock:
+                    self._lock.wait_for(lambda: bool(self._pending) or stop.is_set(), timeout=1.0)
+        finally:
+            for w in self.watches:
+                w.stop()
+            for t in threads:
+                t.join(timeout=5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self.watches:
+            w.stop()
+        with self._lock:
+            self._lock.notify_all()
+        super().stop()
+
+    def _report_health(self) -> None:
+        healthy = all(w.healthy for w in self.watches)
+        if healthy != self.healthy:
+            errors = [f"{w.kind}: {w.last_error}" for w in self.watches if not w.healthy]
+            if healthy:
+                self.metrics.source_up.labels(self.name).set(1)
+            else:
+                self.failed("watch", "; ".join(errors))
+            self.healthy = healthy
+
+    def _process(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            first = not self.synced
+            if not pending and not first:
+                return
+            keys = set(self._services) | set(self._upstreams) if first else set(pending)
+            changed_at: dict[str, float] = {}
+            for key in sorted(keys):
+                name = self._recompute(key)
+                if name is not None and key in pending:
+                    changed_at[name] = pending[key]
+            upstreams = {u.name: u for u in self._upstreams.values()}
+        self._publish(upstreams, changed_at)
+
+    def _recompute(self, key: str) -> str | None:
+        """Update the upstream of one service; returns its name if it has one."""
+        svc = self._services.get(key)
+        spec = parse_service(svc, self.options) if svc is not None else None
+        if spec is None:  # deleted, or no longer opted in
+            self._drop(key)
+            return None
+        if isinstance(spec, Rejection):
+            return self._reject(spec)
+        owner = self._name_owner.get(spec.upstream)
+        if owner is not None and owner != key and owner in self._upstreams:
+            return self._reject(
+                Rejection(
+                    key,
+                    "name_collision",
+                    f"{self.options.prefix}/upstream",
+                    f"upstream name {spec.upstream!r} is already used by service {owner}",
+                )
+            )
+        result = build_upstream(spec, self._slices_by_service.get(key, {}).values(), self.options)
+        if isinstance(result, Rejection):
+            return self._reject(result)
+        if result is None:
+            return self._empty(key, spec)
+        previous = self._upstreams.get(key)
+        if previous is not None and previous.name != result.name:
+            self._name_owner.pop(previous.name, None)
+        self._upstreams[key] = result
+        self._name_owner[result.name] = key
+        self._rejected.pop(key, None)
+        self._held_empty.discard(key)
+        return result.name
+
+    def _drop(self, key: str) -> None:
+        previous = self._upstreams.pop(key, None)
+        if previous is not None and self._name_owner.get(previous.name) == key:
+            del self._name_owner[previous.name]
+        self._rejected.pop(key, None)
+        self._held_empty.discard(key)
+
+    def _empty(self, key: str, spec: ServiceSpec) -> str | None:
+        previous = self._upstreams.get(key)
+        if previous is None:
+            return None  # nothing known yet: there is nothing to post
+        if self.allow_empty:
+            self._drop(key)
+            return None
+        if key not in self._held_empty:
+            self._held_empty.add(key)
+            self.metrics.source_errors.labels(self.name, "empty_service").inc()
+            self.log.warning(
+                "service_empty_kept",
+                service=key,
+                upstream=spec.upstream,
+                hint="no ready or serving endpoint; keeping the last known servers",
+            )
+        return previous.name
+
+    def _reject(self, rejection: Rejection) -> str | None:
+        if self._rejected.get(rejection.service) != rejection:
+            self._rejected[rejection.service] = rejection
+            self.metrics.source_rejected.labels(self.name, rejection.reason).inc()
+            self.log.error(
+                "service_rejected",
+                service=rejection.service,
+                reason=rejection.reason,
+                field=rejection.field,
+                error=rejection.message,
+                hint="the last good upstream of this service is kept",
+            )
+        previous = self._upstreams.get(rejection.service)
+        return previous.name if previous is not None else None
+
+    def _publish(self, upstreams: dict[str, Upstream], changed_at: dict[str, float]) -> None:
+        self.publish(upstreams, changed_at_by_name=changed_at)
+        self.metrics.source_empty_held.labels(self.name).set(len(self._held_empty))
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        with self._lock:
+            out.update(
+                services_opted_in=len(self._upstreams),
+                rejected={k: f"{r.field}: {r.message}" for k, r in self._rejected.items()},
+                empty_kept=sorted(self._held_empty),
+                watches={
+                    f"{w.kind}": {
+                        "healthy": w.healthy,
+                        "resource_version": w.resource_version,
+                        "relists": w.relists,
+                        "expired": w.gone,
+                        "error": w.last_error,
+                    }
+                    for w in self.watches
+                },
+            )
+        return out
+
+
+def _scoped(
+    namespaced: Callable[..., Any], everywhere: Callable[..., Any], namespace: str
+) -> Callable[..., Any]:
+    if not namespace:
+        return everywhere
+
+    def call(**kwargs: Any) -> Any:
+        return namespaced(namespace, **kwargs)
+
+    return call
+
+
+def static_mapping(entries: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """`namespace/service:port → upstream` entries as Options.static expects."""
+    out: dict[str, tuple[str, str]] = {}
+    for source, upstream in entries.items():
+        service, _, port = source.partition(":")
+        out[service] = (port, upstream)
+    return out

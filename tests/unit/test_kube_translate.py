@@ -1,0 +1,169 @@
+"""Services and EndpointSlices (API reference shapes) → upstreams, as tables."""
+
+import pytest
+
+from syncer.sources.kube_translate import (
+    Options,
+    Rejection,
+    build_upstream,
+    parse_service,
+    service_of,
+    trigger_time,
+)
+
+P = "dyups-syncer.io"
+
+
+def svc(name="web", ns="shop", annotations=None, ports=None):
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
+        "spec": {"ports": ports if ports is not None else [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }
+
+
+def ep(ip, ready=True, serving=None, terminating=None, zone="z1", node="n1"):
+    cond = {"ready": ready}
+    if serving is not None:
+        cond["serving"] = serving
+    if terminating is not None:
+        cond["terminating"] = terminating
+    return {"addresses": [ip], "conditions": cond, "zone": zone, "nodeName": node,
+            "targetRef": {"kind": "Pod", "namespace": "shop", "name": f"pod-{ip}"}}
+
+
+def slc(name, endpoints, service="web", ns="shop", address_type="IPv4", ports=None, annotations=None):
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations or {},
+                     "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "addressType": address_type,
+        "endpoints": endpoints,
+        "ports": ports if ports is not None else [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }
+
+
+OPT = Options()
+
+
+def upstream_of(service, slices, options=OPT):
+    spec = parse_service(service, options)
+    assert not isinstance(spec, Rejection) and spec is not None, spec
+    return build_upstream(spec, slices, options)
+
+
+def addresses(u):
+    return sorted(s.address for s in u.servers)
+
+
+def test_services_without_the_annotation_are_ignored():
+    assert parse_service(svc(), OPT) is None
+
+
+@pytest.mark.parametrize("value, name", [("", "shop-web"), ("true", "shop-web"), ("Checkout", "checkout")])
+def test_upstream_name(value, name):
+    assert parse_service(svc(annotations={f"{P}/upstream": value}), OPT).upstream == name
+
+
+def test_static_mapping_opts_in_without_annotation():
+    spec = parse_service(svc(), Options(static={"shop/web": ("http", "web-static")}))
+    assert spec.upstream == "web-static" and spec.port_name == "http"
+
+
+def test_merges_slices_dedupes_and_picks_the_named_port():
+    s = svc(annotations={f"{P}/upstream": "web"}, ports=[
+        {"name": "http", "port": 80, "targetPort": 8080}, {"name": "metrics", "port": 9090}])
+    s["metadata"]["annotations"][f"{P}/port"] = "http"
+    slices = [
+        slc("a", [ep("10.0.0.1"), ep("10.0.0.2")], ports=[{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080}]),
+        slc("b", [ep("10.0.0.2"), ep("10.0.0.3")]),
+        slc("c", [ep("fd00::1")], address_type="IPv6"),
+        slc("d", [ep("web.example.com")], address_type="FQDN"),
+    ]
+    u = upstream_of(s, slices)
+    assert addresses(u) == ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "[fd00::1]:8080"]
+    assert {s.zone for s in u.servers} == {"z1"} and {s.node for s in u.servers} == {"n1"}
+
+
+def test_fqdn_slices_only_when_enabled():
+    s = svc(annotations={f"{P}/upstream": "web"})
+    u = upstream_of(s, [slc("d", [ep("web.example.com")], address_type="FQDN")], Options(allow_fqdn=True))
+    assert addresses(u) == ["web.example.com:8080"]
+
+
+def test_ready_endpoints_only():
+    s = svc(annotations={f"{P}/upstream": "web"})
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1"), ep("10.0.0.2", ready=False), ep("10.0.0.3", ready=None)])])
+    assert addresses(u) == ["10.0.0.1:8080", "10.0.0.3:8080"]  # nil ready reads as ready
+
+
+def test_terminating_fallback_like_kube_proxy():
+    s = svc(annotations={f"{P}/upstream": "web"})
+    rollout = [slc("a", [
+        ep("10.0.0.1", ready=False, serving=True, terminating=True),
+        ep("10.0.0.2", ready=False, serving=False, terminating=True),
+        ep("10.0.0.3", ready=False, serving=False, terminating=False),
+    ])]
+    assert addresses(upstream_of(s, rollout)) == ["10.0.0.1:8080"]
+    assert upstream_of(s, rollout, Options(terminating_fallback=False)) is None
+    mixed = [slc("a", [ep("10.0.0.1", ready=False, serving=True, terminating=True), ep("10.0.0.4")])]
+    assert addresses(upstream_of(s, mixed)) == ["10.0.0.4:8080"]  # a ready endpoint exists: no fallback
+
+
+def test_parameters_and_directives_from_annotations():
+    s = svc(annotations={f"{P}/upstream": "web", f"{P}/weight": "3", f"{P}/max-fails": "0",
+                         f"{P}/fail-timeout": "5s", f"{P}/directives": "least_conn; keepalive 16"})
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1")])])
+    assert u.render() == "server 10.0.0.1:8080 weight=3 max_fails=0 fail_timeout=5s; least_conn; keepalive 16;"
+
+
+@pytest.mark.parametrize(
+    "annotations, ports, reason, field",
+    [
+        ({f"{P}/weight": "abc"}, None, "weight", f"{P}/weight"),
+        ({f"{P}/weight": "0"}, None, None, None),  # validated when the upstream is built
+        ({f"{P}/port": "grpc"}, None, "port_not_found", f"{P}/port"),
+        ({}, [{"name": "a", "port": 1}, {"name": "b", "port": 2}], "port_required", f"{P}/port"),
+        ({f"{P}/directives": "hash $request_uri"}, None, "directive", f"{P}/directives"),
+        ({f"{P}/directives": "zone x 1m"}, None, "directive", f"{P}/directives"),
+        ({f"{P}/upstream": "bad name;"}, None, "name", f"{P}/upstream"),
+        ({f"{P}/fail-timeout": "1d"}, None, "fail_timeout", f"{P}/fail-timeout"),
+    ],
+)
+def test_bad_annotations_reject_the_service_naming_the_field(annotations, ports, reason, field):
+    s = svc(annotations={f"{P}/upstream": "web", **annotations}, ports=ports)
+    spec = parse_service(s, OPT)
+    if reason is None:
+        result = build_upstream(spec, [slc("a", [ep("10.0.0.1")])], OPT)
+        assert isinstance(result, Rejection) and result.reason == "endpoint"
+        return
+    assert isinstance(spec, Rejection)
+    assert (spec.reason, spec.field, spec.service) == (reason, field, "shop/web")
+
+
+def test_numeric_port_annotation_matches_the_service_port():
+    s = svc(annotations={f"{P}/upstream": "web", f"{P}/port": "80"})
+    assert parse_service(s, OPT).port_name == "http"
+
+
+def test_unnamed_single_port():
+    s = svc(annotations={f"{P}/upstream": "web"}, ports=[{"port": 80, "targetPort": 8080}])
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1")], ports=[{"port": 8080, "protocol": "TCP"}])])
+    assert addresses(u) == ["10.0.0.1:8080"]
+
+
+def test_bad_endpoint_address_rejects_the_service():
+    s = svc(annotations={f"{P}/upstream": "web"})
+    spec = parse_service(s, OPT)
+    result = build_upstream(spec, [slc("a", [ep("10.0.0.1;evil")])], OPT)
+    assert isinstance(result, Rejection) and result.reason == "endpoint"
+
+
+def test_trigger_time_and_service_label():
+    s = slc("a", [], annotations={"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-25T10:00:00Z"})
+    assert trigger_time(s) == 1795600800.0
+    assert trigger_time(slc("a", [])) is None
+    assert service_of(s) == "shop/web"
