@@ -16,6 +16,7 @@ from syncer.metrics import Metrics
 from syncer.model import Upstream
 from syncer.plan import Mode, Ownership, Plan, PlanPolicy, plan
 from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour
+from syncer.proxy.fleet import Fleet
 from syncer.proxy.pacing import Budget, kick_count
 from syncer.proxy.worker import ProxyWorker, WorkerSettings
 from syncer.snapshot import SnapshotError, SnapshotWriter
@@ -86,11 +87,7 @@ def build_source(
             store=store,
             metrics=metrics,
             log=log,
-            api=api_client(
-                api_url=cfg.api_url,
-                kubeconfig=str(cfg.kubeconfig) if cfg.kubeconfig else None,
-                context=cfg.context,
-            ),
+            api=api_client(cfg.client),
             options=Options(
                 prefix=cfg.annotation_prefix,
                 terminating_fallback=cfg.terminating_fallback,
@@ -132,22 +129,60 @@ class App:
             build_source(s, self.store, self.metrics, self.log, allow_empty=config.allow_empty)
             for s in config.sources
         ]
-        self.workers = [
-            ProxyWorker(
-                label=p.label,
-                client=DyupsClient(client_settings(p, verify=config.verify_after_write)),
-                store=self.store,
-                settings=worker_settings(config, p),
-                metrics=self.metrics,
-                log=self.log,
-                stop=self.stop_event,
-                persist_now=self.writer.write_now,
-            )
-            for p in config.proxies.static
-        ]
+        self.fleet: Fleet[ProxyConfig] = Fleet(
+            make_worker=self._make_worker, store=self.store, metrics=self.metrics, log=self.log
+        )
+        self.fleet.update("static", {p.label: p for p in config.proxies.static})
+        self.discovery: Any = None
+        self.elector: Any = None
         self.metrics.upstreams_desired.set_function(lambda: len(self.store.current().upstreams))
         self.metrics.servers_desired.set_function(lambda: self.store.current().servers)
         self.http: StatusServer | None = None
+
+    @property
+    def workers(self) -> list[ProxyWorker]:
+        return self.fleet.workers
+
+    def _make_worker(self, label: str, proxy: ProxyConfig, stop: threading.Event) -> ProxyWorker:
+        assert self.writer is not None
+        return ProxyWorker(
+            label=label,
+            client=DyupsClient(client_settings(proxy, verify=self.config.verify_after_write)),
+            store=self.store,
+            settings=worker_settings(self.config, proxy),
+            metrics=self.metrics,
+            log=self.log,
+            stop=stop,
+            persist_now=self.writer.write_now,
+            may_write=self._may_write,
+        )
+
+    def _may_write(self) -> bool:
+        return self.elector is None or bool(self.elector.is_leader())
+
+    def _start_kubernetes_parts(self) -> None:
+        """Leader election and proxy discovery (imported only when configured)."""
+        le = self.config.leader_election
+        if le.enabled:
+            from syncer.leader import LeaderElector
+            from syncer.sources.kubernetes import api_client
+
+            self.elector = LeaderElector(
+                config=le, api=api_client(le.client), metrics=self.metrics, log=self.log
+            )
+            self.elector.start()
+        discovery = self.config.proxies.kubernetes
+        if discovery is not None:
+            from syncer.sources.kube_proxies import ProxyDiscovery
+            from syncer.sources.kubernetes import api_client
+
+            self.discovery = ProxyDiscovery(
+                cfg=discovery,
+                api=api_client(discovery.client),
+                update=self.fleet.update,
+                log=self.log,
+            )
+            self.discovery.start()
 
     def _mark_dirty(self) -> None:
         if self.writer is not None:
@@ -189,10 +224,10 @@ class App:
         self.restore_snapshot()
         assert self.writer is not None
         self.writer.start()
+        self._start_kubernetes_parts()
         for source in self.sources:
             source.start()
-        for worker in self.workers:
-            worker.start()
+        self.fleet.start()
         if serve_http:
             self.http = StatusServer(
                 self.config.listen_address,
@@ -215,8 +250,11 @@ class App:
         self.store.wake()
         for source in self.sources:
             source.stop()
-        for worker in self.workers:
-            worker.join(timeout=max(5.0, 2 * self.config.proxies.static[0].read_timeout))
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.fleet.stop_all()
+        if self.elector is not None:
+            self.elector.stop()  # after the workers: nothing writes once the lease is released
         if self.writer is not None:
             self.writer.stop()
         if self.http is not None:
@@ -258,8 +296,10 @@ class App:
             reasons += [
                 f"source {s.name}: first read not done" for s in self.sources if not s.synced
             ]
+        if self.discovery is not None and not self.discovery.synced:
+            reasons.append("proxy discovery: first list of pods not done")
         for w in self.workers:
-            if not (w.reconciled_once.is_set() or w.up is False):
+            if not (w.reconciled_once.is_set() or w.up is False or w.following):
                 reasons.append(f"proxy {w.label}: not reconciled yet")
         return not reasons, reasons
 
@@ -273,6 +313,9 @@ class App:
                 for name, u in sorted(desired.upstreams.items())
             },
             "proxies": {w.label: w.status() for w in self.workers},
+            "leader": None
+            if self.elector is None
+            else {"identity": self.elector.identity, "leading": self.elector.is_leader()},
         }
 
 

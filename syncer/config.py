@@ -85,6 +85,15 @@ class FileSourceConfig(_Strict):
         return self.name or f"file:{self.path}"
 
 
+class KubernetesClientConfig(_Strict):
+    """Where the Kubernetes API is: in-cluster by default, else kubeconfig; `api_url`
+    for a plain URL (kubectl proxy, tests)."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+    api_url: str | None = None
+
+
 class KubernetesSourceConfig(_Strict):
     type: Literal["kubernetes"]
     name: str | None = None
@@ -95,9 +104,7 @@ class KubernetesSourceConfig(_Strict):
     static: dict[str, str] = {}
     terminating_fallback: bool = True
     allow_fqdn: bool = False
-    kubeconfig: Path | None = None
-    context: str | None = None
-    api_url: str | None = None  # a plain URL (kubectl proxy); default in-cluster/kubeconfig
+    client: KubernetesClientConfig = KubernetesClientConfig()
     watch_timeout: Duration = 300.0
 
     @field_validator("static")
@@ -128,9 +135,9 @@ class TLSConfig(_Strict):
     insecure_skip_verify: bool = False
 
 
-class ProxyConfig(_Strict):
-    url: str
-    name: str | None = None
+class ProxySettings(_Strict):
+    """How to talk to a proxy and what its module can take (everything but where it is)."""
+
     headers: dict[str, str] = {}
     basic_auth: BasicAuth | None = None
     tls: TLSConfig | None = None
@@ -145,6 +152,19 @@ class ProxyConfig(_Strict):
     connect_timeout: Duration = 2.0
     read_timeout: Duration = 5.0
 
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]+", key) or any(c in val for c in "\r\n"):
+                raise ValueError(f"header {key!r} is not a valid HTTP header")
+        return value
+
+
+class ProxyConfig(ProxySettings):
+    url: str
+    name: str | None = None
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -155,14 +175,6 @@ class ProxyConfig(_Strict):
             raise ValueError("must not have a query or fragment")
         return value.rstrip("/")
 
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if not re.fullmatch(r"[A-Za-z0-9-]+", key) or any(c in val for c in "\r\n"):
-                raise ValueError(f"header {key!r} is not a valid HTTP header")
-        return value
-
     @property
     def label(self) -> str:
         if self.name:
@@ -171,15 +183,47 @@ class ProxyConfig(_Strict):
         return parts.netloc + parts.path
 
 
+class KubernetesProxiesConfig(ProxySettings):
+    """Discover the proxy fleet: every ready Pod matching the selector is a proxy."""
+
+    namespace: str
+    label_selector: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)  # the dyups_interface port in the pod
+    scheme: Literal["http", "https"] = "http"
+    client: KubernetesClientConfig = KubernetesClientConfig()
+
+
 class ProxiesConfig(_Strict):
-    static: list[ProxyConfig] = Field(min_length=1)
+    static: list[ProxyConfig] = []
+    kubernetes: KubernetesProxiesConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> ProxiesConfig:
+        if not self.static and self.kubernetes is None:
+            raise ValueError("give at least one proxy: `static` URLs or `kubernetes` discovery")
         labels = [p.label for p in self.static]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
             raise ValueError(f"two proxies share the name/url {dupes}")
+        return self
+
+
+class LeaderElectionConfig(_Strict):
+    """A coordination.k8s.io/v1 Lease: only its holder writes to proxies."""
+
+    enabled: bool = False
+    lease_name: str = "dyups-syncer"
+    namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "default"))
+    identity: str | None = None  # default: the pod's host name plus a random suffix
+    lease_duration: Duration = 15.0
+    renew_deadline: Duration = 10.0
+    retry_period: Duration = 2.0
+    client: KubernetesClientConfig = KubernetesClientConfig()
+
+    @model_validator(mode="after")
+    def _timings(self) -> LeaderElectionConfig:
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("need retry_period < renew_deadline < lease_duration")
         return self
 
 
@@ -203,6 +247,7 @@ class Config(_Strict):
     verify_after_write: bool = True
     listen: str = "127.0.0.1:9105"
     log: LogConfig = LogConfig()
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
 
     @field_validator("resync_interval", "probe_interval")
     @classmethod
@@ -329,8 +374,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     for source in config.sources:
         if isinstance(source, FileSourceConfig):
             source = source.model_copy(update={"path": rel(source.path)})
-        elif source.kubeconfig is not None:
-            source = source.model_copy(update={"kubeconfig": rel(source.kubeconfig)})
+        elif source.client.kubeconfig is not None:
+            client = source.client.model_copy(update={"kubeconfig": rel(source.client.kubeconfig)})
+            source = source.model_copy(update={"client": client})
         sources.append(source)
     return config.model_copy(
         update={"sources": sources, "snapshot_path": rel(config.snapshot_path)}

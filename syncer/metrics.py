@@ -121,6 +121,39 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.per_proxy: list[Counter | Gauge | Histogram] = [
+            self.sync_lag,
+            self.conflicts,
+            self.requests,
+            self.request_duration,
+            self.drift_repairs,
+            self.verify_failures,
+            self.degraded,
+            self.rejected,
+            self.proxy_up,
+            self.last_sync,
+            self.ownership_conflicts,
+            self.plan_refused_total,
+            self.plan_refused,
+        ]
+        self.leader = Gauge(
+            p + "leader", "1 while this replica holds the lease and writes to proxies.", registry=r
+        )
         self.snapshot_errors = Counter(
             p + "snapshot_errors_total", "Snapshot reads or writes that failed.", ["op"], registry=r
         )
+
+    def forget_proxy(self, proxy: str) -> None:
+        """Drop every series of a proxy that left the fleet."""
+        for collector in self.per_proxy:
+            names: list[str] = []
+            stale: set[tuple[str, ...]] = set()
+            for metric in collector.collect():
+                for sample in metric.samples:
+                    if sample.labels.get("proxy") != proxy:
+                        continue
+                    # Histogram buckets add `le`; the series is keyed by the rest.
+                    names = [n for n in sample.labels if n != "le"]
+                    stale.add(tuple(sample.labels[n] for n in names))
+            for values in stale:
+                collector.remove(*values)

@@ -273,6 +273,12 @@ class Store:
                 rec.applied[name] = digest
         self._on_change()
 
+    def forget_proxy(self, url: str) -> None:
+        """A discovered proxy left for good: its record goes with it."""
+        with self._cond:
+            self._proxies.pop(url, None)
+        self._on_change()
+
     def forget_applied(self, url: str) -> None:
         """The proxy lost its dynamic state (reload): our record of bodies is void."""
         with self._cond:

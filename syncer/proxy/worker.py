@@ -76,6 +76,7 @@ class ProxyWorker:
         log: Any,
         stop: threading.Event,
         persist_now: Callable[[], bool] = lambda: True,
+        may_write: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -87,6 +88,10 @@ class ProxyWorker:
         self.log = log.bind(proxy=label)
         self.stop = stop
         self._persist_now = persist_now
+        # Leader election: a follower neither reads nor writes, and a leader that
+        # loses the lease stops before its next write.
+        self._may_write = may_write
+        self.following = False
         self._clock = clock
         self._wall = wall
         self._bucket = TokenBucket(settings.budget, clock=clock)
@@ -137,6 +142,16 @@ class ProxyWorker:
     # ------------------------------------------------------------------- loop
     def step(self) -> None:
         """One round: read what is due, reconcile if needed, then wait for the next event."""
+        if not self._may_write():
+            if not self.following:
+                self.log.info("following", hint="another replica holds the lease")
+            self.following, self._cache = True, None  # re-read everything once leading
+            self._next_probe = self._clock() + self.s.probe_interval
+            self._wait(self.store.current().version)
+            return
+        if self.following:
+            self.log.info("leading")
+            self.following = False
         now = self._clock()
         try:
             if self._cache is None or now >= self._next_resync:
@@ -153,7 +168,7 @@ class ProxyWorker:
         self._wait(desired.version)
 
     def _wait(self, version: int) -> None:
-        deadlines = [self._next_probe, self._next_resync]
+        deadlines = [self._next_probe] if self.following else [self._next_probe, self._next_resync]
         if self._retry_at is not None:
             deadlines.append(self._retry_at)
         timeout = max(0.0, min(deadlines) - self._clock())
@@ -300,7 +315,7 @@ class ProxyWorker:
         try:
             changes: list[Upsert | Delete] = [*upserts, *deletes]
             for change in changes:
-                if self.stop.is_set():
+                if self.stop.is_set() or not self._may_write():
                     return failed + 1
                 if self.store.current().version != desired.version:
                     # Newer desired state: stop here and plan again from the cache,
@@ -441,6 +456,7 @@ class ProxyWorker:
             "up": self.up,
             "flavour": None if self.client.flavour is None else self.client.flavour.value,
             "reconciled_once": self.reconciled_once.is_set(),
+            "following": self.following,
             "planned_version": self._planned_version,
             "owned": sorted(record.owned),
             "held": None if self._cache is None else len(self._cache),

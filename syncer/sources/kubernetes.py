@@ -20,6 +20,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from syncer.config import KubernetesClientConfig
 from syncer.metrics import Metrics
 from syncer.model import Upstream
 from syncer.sources.base import Source
@@ -37,17 +38,17 @@ from syncer.sources.kube_watch import ListWatch
 from syncer.state import Store
 
 
-def api_client(
-    *, api_url: str | None, kubeconfig: str | None, context: str | None
-) -> k8s.ApiClient:
+def api_client(cfg: KubernetesClientConfig) -> k8s.ApiClient:
     """In-cluster config when running in a pod, else kubeconfig; `api_url` for a plain
     URL (kubectl proxy, tests)."""
     configuration = k8s.Configuration()
-    if api_url:
-        configuration.host = api_url
-    elif kubeconfig or context or "KUBERNETES_SERVICE_HOST" not in os.environ:
+    if cfg.api_url:
+        configuration.host = cfg.api_url
+    elif cfg.kubeconfig or cfg.context or "KUBERNETES_SERVICE_HOST" not in os.environ:
         k8s_config.load_kube_config(
-            config_file=kubeconfig, context=context, client_configuration=configuration
+            config_file=str(cfg.kubeconfig) if cfg.kubeconfig else None,
+            context=cfg.context,
+            client_configuration=configuration,
         )
     else:
         k8s_config.load_incluster_config(client_configuration=configuration)

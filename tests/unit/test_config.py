@@ -46,7 +46,7 @@ def test_good_config_loads_with_units_and_relative_paths(tmp_path):
         ({"listen": "nowhere"}, "listen"),
         ({"surprise": 1}, "surprise"),
         ({"proxies": {"static": [{"url": "ftp://x"}]}}, "proxies.static.0.url"),
-        ({"proxies": {"static": []}}, "proxies.static"),
+        ({"proxies": {"static": []}}, "proxies"),
         ({"sources": [{"type": "zookeeper"}]}, "sources.0"),
         ({"adopt": ["Bad Name"]}, "adopt"),
     ],

@@ -1,0 +1,194 @@
+"""Leader election on a coordination.k8s.io/v1 Lease, as client-go's leaderelection does.
+
+Only the holder writes to proxies. A follower watches the lease's record change
+and takes over once it has seen no renewal for `lease_duration` on its OWN clock
+(never comparing the record's timestamps with local time, so clock skew between
+nodes cannot elect two leaders). A leader that cannot renew within
+`renew_deadline` stops leading at once; on shutdown it releases the lease so a
+follower takes over without waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from syncer.config import LeaderElectionConfig
+from syncer.metrics import Metrics
+
+
+def default_identity() -> str:
+    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        *,
+        config: LeaderElectionConfig,
+        api: k8s.ApiClient,
+        metrics: Metrics,
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = config
+        self.identity = config.identity or default_identity()
+        self._api = k8s.CoordinationV1Api(api)
+        self._metrics = metrics
+        self.log = log.bind(lease=f"{config.namespace}/{config.lease_name}", identity=self.identity)
+        self._clock = clock
+        self._leading = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # What we last saw of the record, and when (on our clock).
+        self._observed: tuple[str, str, str] | None = None  # holder, renewTime, resourceVersion
+        self._observed_at = 0.0
+        self._last_renew = 0.0
+        self.transitions = 0
+        metrics.leader.set(0)
+
+    def is_leader(self) -> bool:
+        """Checked before every write: also false once the renew deadline has passed."""
+        if not self._leading.is_set():
+            return False
+        if self._clock() - self._last_renew > self.cfg.renew_deadline:
+            self._lose("renew deadline passed")
+            return False
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        if self._leading.is_set():
+            self._release()
+        self._leading.clear()
+        self._metrics.leader.set(0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._try_acquire_or_renew():
+                    self._last_renew = self._clock()
+                    if not self._leading.is_set():
+                        self._leading.set()
+                        self._metrics.leader.set(1)
+                        self.log.info("leader_elected")
+                elif self._leading.is_set():
+                    self._lose("lease taken by another holder")
+            except (ApiException, HTTPError, OSError) as e:
+                self.log.warning("lease_request_failed", error=str(e))
+            if (
+                self._leading.is_set()
+                and self._clock() - self._last_renew > self.cfg.renew_deadline
+            ):
+                self._lose("renew deadline passed")
+            self._stop.wait(self.cfg.retry_period)
+
+    def _lose(self, why: str) -> None:
+        if self._leading.is_set():
+            self._leading.clear()
+            self._metrics.leader.set(0)
+            self.log.warning("leadership_lost", reason=why)
+
+    def _now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def _lease(
+        self, holder: str, *, acquired: datetime | None, transitions: int, version: str | None
+    ) -> k8s.V1Lease:
+        now = self._now()
+        return k8s.V1Lease(
+            metadata=k8s.V1ObjectMeta(
+                name=self.cfg.lease_name, namespace=self.cfg.namespace, resource_version=version
+            ),
+            spec=k8s.V1LeaseSpec(
+                holder_identity=holder,
+                lease_duration_seconds=max(1, round(self.cfg.lease_duration)),
+                acquire_time=acquired or now,
+                renew_time=now,
+                lease_transitions=transitions,
+            ),
+        )
+
+    def _try_acquire_or_renew(self) -> bool:
+        name, ns = self.cfg.lease_name, self.cfg.namespace
+        try:
+            current = self._api.read_namespaced_lease(name, ns)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            try:
+                self._api.create_namespaced_lease(
+                    ns, self._lease(self.identity, acquired=None, transitions=0, version=None)
+                )
+            except ApiException as create_error:
+                if create_error.status == 409:  # someone created it first
+                    return False
+                raise
+            return True
+        spec = current.spec or k8s.V1LeaseSpec()
+        meta = current.metadata or k8s.V1ObjectMeta()
+        holder = spec.holder_identity or ""
+        record = (holder, str(spec.renew_time), str(meta.resource_version))
+        now = self._clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        duration = spec.lease_duration_seconds or self.cfg.lease_duration
+        expired = now - self._observed_at > duration
+        if holder and holder != self.identity and not expired:
+            return False
+        transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
+        acquired = spec.acquire_time if holder == self.identity else None
+        try:
+            self._api.replace_namespaced_lease(
+                name,
+                ns,
+                self._lease(
+                    self.identity,
+                    acquired=acquired,
+                    transitions=transitions,
+                    version=meta.resource_version,
+                ),
+            )
+        except ApiException as e:
+            if e.status == 409:  # the record changed under us: look again next round
+                return False
+            raise
+        if holder != self.identity:
+            self.transitions += 1
+        return True
+
+    def _release(self) -> None:
+        """Hand the lease over at once: an empty holder is free for the next candidate."""
+        try:
+            current = self._api.read_namespaced_lease(self.cfg.lease_name, self.cfg.namespace)
+            spec, meta = current.spec, current.metadata
+            if spec is None or meta is None or spec.holder_identity != self.identity:
+                return
+            lease = self._lease(
+                "",
+                acquired=None,
+                transitions=spec.lease_transitions or 0,
+                version=meta.resource_version,
+            )
+            assert lease.spec is not None
+            lease.spec.lease_duration_seconds = 1
+            self._api.replace_namespaced_lease(self.cfg.lease_name, self.cfg.namespace, lease)
+            self.log.info("lease_released")
+        except (ApiException, HTTPError, OSError) as e:
+            self.log.warning("lease_release_failed", error=str(e))
