@@ -168,7 +168,12 @@ class App:
             from syncer.sources.kubernetes import api_client
 
             self.elector = LeaderElector(
-                config=le, api=api_client(le.client), metrics=self.metrics, log=self.log
+                config=le,
+                api=api_client(le.client),
+                metrics=self.metrics,
+                log=self.log,
+                payload=self.store.export_ownership,
+                on_payload=self.store.import_ownership,
             )
             self.elector.start()
         discovery = self.config.proxies.kubernetes

@@ -10,11 +10,15 @@ follower takes over without waiting.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +29,21 @@ from urllib3.exceptions import HTTPError
 
 from syncer.config import LeaderElectionConfig
 from syncer.metrics import Metrics
+
+OWNERSHIP_ANNOTATION = "dyups-syncer.io/ownership"
+
+
+def encode_payload(data: dict[str, Any]) -> str:
+    """JSON, compressed: 2,000 upstream names fit in a few KiB of annotation."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return base64.b64encode(zlib.compress(raw, 9)).decode()
+
+
+def decode_payload(text: str) -> dict[str, Any]:
+    data = json.loads(zlib.decompress(base64.b64decode(text, validate=True)))
+    if not isinstance(data, dict):
+        raise ValueError("ownership annotation is not a JSON object")
+    return data
 
 
 def default_identity() -> str:
@@ -40,6 +59,8 @@ class LeaderElector:
         metrics: Metrics,
         log: Any,
         clock: Callable[[], float] = time.monotonic,
+        payload: Callable[[], dict[str, Any]] = dict,
+        on_payload: Callable[[dict[str, Any]], None] = lambda _: None,
     ) -> None:
         self.cfg = config
         self.identity = config.identity or default_identity()
@@ -47,6 +68,10 @@ class LeaderElector:
         self._metrics = metrics
         self.log = log.bind(lease=f"{config.namespace}/{config.lease_name}", identity=self.identity)
         self._clock = clock
+        # The leader publishes what it owns on the lease; followers read it, so the
+        # next leader manages the same upstreams (it does not see them as foreign).
+        self._payload = payload
+        self._on_payload = on_payload
         self._leading = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -112,9 +137,14 @@ class LeaderElector:
         self, holder: str, *, acquired: datetime | None, transitions: int, version: str | None
     ) -> k8s.V1Lease:
         now = self._now()
+        # Also on release: the next leader must still learn what we own.
+        annotations = {OWNERSHIP_ANNOTATION: encode_payload(self._payload())}
         return k8s.V1Lease(
             metadata=k8s.V1ObjectMeta(
-                name=self.cfg.lease_name, namespace=self.cfg.namespace, resource_version=version
+                name=self.cfg.lease_name,
+                namespace=self.cfg.namespace,
+                resource_version=version,
+                annotations=annotations,
             ),
             spec=k8s.V1LeaseSpec(
                 holder_identity=holder,
@@ -145,6 +175,8 @@ class LeaderElector:
         meta = current.metadata or k8s.V1ObjectMeta()
         holder = spec.holder_identity or ""
         record = (holder, str(spec.renew_time), str(meta.resource_version))
+        if holder != self.identity:
+            self._read_payload(meta)
         now = self._clock()
         if record != self._observed:
             self._observed, self._observed_at = record, now
@@ -172,6 +204,15 @@ class LeaderElector:
         if holder != self.identity:
             self.transitions += 1
         return True
+
+    def _read_payload(self, meta: k8s.V1ObjectMeta) -> None:
+        raw = (meta.annotations or {}).get(OWNERSHIP_ANNOTATION)
+        if not raw:
+            return
+        try:
+            self._on_payload(decode_payload(raw))
+        except (ValueError, zlib.error, binascii.Error) as e:
+            self.log.warning("lease_ownership_unreadable", error=str(e))
 
     def _release(self) -> None:
         """Hand the lease over at once: an empty holder is free for the next candidate."""

@@ -60,6 +60,8 @@ class ProxyRecord:
 
     owned: set[str] = field(default_factory=set)
     applied: dict[str, str] = field(default_factory=dict)  # name → body hash last accepted
+    # Names found on the proxy that are not ours (nginx.conf, other tools).
+    foreign: set[str] = field(default_factory=set)
 
 
 class Store:
@@ -85,6 +87,10 @@ class Store:
         self._held_empty: set[str] = set()
         self._proxies: dict[str, ProxyRecord] = {}
         self._override_version: int | None = None
+        # Ownership learnt from the leader (leader election): names the fleet of
+        # syncers created, minus those found foreign on a given proxy.
+        self._shared_owned: frozenset[str] = frozenset()
+        self._shared_foreign: dict[str, frozenset[str]] = {}
         self._version = 0
         self._current = self._build()
 
@@ -250,7 +256,35 @@ class Store:
     def proxy_record(self, url: str) -> ProxyRecord:
         with self._cond:
             rec = self._proxies.get(url, ProxyRecord())
-            return ProxyRecord(set(rec.owned), dict(rec.applied))
+            shared = self._shared_owned - self._shared_foreign.get(url, frozenset()) - rec.foreign
+            return ProxyRecord(rec.owned | shared, dict(rec.applied), set(rec.foreign))
+
+    def record_foreign(self, url: str, names: Iterable[str]) -> None:
+        with self._cond:
+            self._proxies.setdefault(url, ProxyRecord()).foreign = set(names)
+
+    def export_ownership(self) -> dict[str, Any]:
+        """What a leader hands to its followers: every name it owns anywhere, and per
+        proxy the names that are not ours there."""
+        with self._cond:
+            owned: set[str] = set(self._shared_owned)
+            for rec in self._proxies.values():
+                owned |= rec.owned
+            foreign = {
+                url: sorted(rec.foreign) for url, rec in self._proxies.items() if rec.foreign
+            }
+            return {"owned": sorted(owned), "foreign": foreign}
+
+    def import_ownership(self, data: Mapping[str, Any]) -> None:
+        """A follower learns what the leader owns, so that it can take over."""
+        owned, foreign = data.get("owned", []), data.get("foreign", {})
+        if not isinstance(owned, list) or not isinstance(foreign, dict):
+            raise ValueError("ownership record must be {owned: [...], foreign: {...}}")
+        with self._cond:
+            self._shared_owned = frozenset(map(str, owned))
+            self._shared_foreign = {
+                str(url): frozenset(map(str, names)) for url, names in foreign.items()
+            }
 
     def claim(self, url: str, names: Iterable[str]) -> None:
         with self._cond:

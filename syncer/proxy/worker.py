@@ -262,6 +262,8 @@ class ProxyWorker:
         self._dirty = False
         self._retry_at = None
         self._report_plan(result)
+        if set(result.conflicts) != record.foreign:
+            self.store.record_foreign(self.label, result.conflicts)
         if result.releases:
             self.store.release(self.label, result.releases)
         if result.claims:
