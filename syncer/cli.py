@@ -8,19 +8,25 @@ from pathlib import Path
 
 from syncer import __version__
 from syncer import log as logging_
-from syncer.config import Config, ConfigError
+from syncer.config import Config, ConfigError, with_kube_client
 from syncer.config import load as load_config
 
 EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, args: argparse.Namespace | None = None) -> Config | None:
     try:
-        return load_config(Path(path))
+        config = load_config(Path(path))
     except ConfigError as e:
         for line in e.errors:
             print(f"error: {line}", file=sys.stderr)
         return None
+    kubeconfig = getattr(args, "kubeconfig", None)
+    return with_kube_client(
+        config,
+        kubeconfig=Path(kubeconfig) if kubeconfig else None,
+        context=getattr(args, "context", None),
+    )
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -37,7 +43,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from syncer.app import App
 
-    config = _load(args.config)
+    config = _load(args.config, args)
     if config is None:
         return EXIT_ERROR
     logging_.configure(level=config.log.level, fmt=config.log.format)
@@ -48,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from syncer.app import dry_run
 
-    config = _load(args.config)
+    config = _load(args.config, args)
     if config is None:
         return EXIT_ERROR
     logging_.configure(level="warning", fmt=config.log.format)
@@ -101,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("-c", "--config", required=True, help="configuration YAML file")
+        if name != "check-config":
+            sp.add_argument("--kubeconfig", help="kubeconfig for local runs (default: in-cluster)")
+            sp.add_argument("--context", help="kubeconfig context")
         sp.set_defaults(func=func)
     demo = sub.add_parser("demo", help="run against two simulated proxies and a bundled example")
     demo.add_argument("--listen", default="127.0.0.1:9105", help="metrics/health address")

@@ -381,3 +381,33 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={"sources": sources, "snapshot_path": rel(config.snapshot_path)}
     )
+
+
+def with_kube_client(config: Config, *, kubeconfig: Path | None, context: str | None) -> Config:
+    """`--kubeconfig` / `--context` on the command line: every Kubernetes part (sources,
+    proxy discovery, leader election) uses them."""
+    if kubeconfig is None and context is None:
+        return config
+    update: dict[str, Any] = {}
+    if kubeconfig is not None:
+        update["kubeconfig"] = kubeconfig
+    if context is not None:
+        update["context"] = context
+
+    def client(c: KubernetesClientConfig) -> KubernetesClientConfig:
+        return c.model_copy(update=update)
+
+    sources = [
+        s.model_copy(update={"client": client(s.client)})
+        if isinstance(s, KubernetesSourceConfig)
+        else s
+        for s in config.sources
+    ]
+    proxies = config.proxies
+    if proxies.kubernetes is not None:
+        discovery = proxies.kubernetes.model_copy(
+            update={"client": client(proxies.kubernetes.client)}
+        )
+        proxies = proxies.model_copy(update={"kubernetes": discovery})
+    le = config.leader_election.model_copy(update={"client": client(config.leader_election.client)})
+    return config.model_copy(update={"sources": sources, "proxies": proxies, "leader_election": le})

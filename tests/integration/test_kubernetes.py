@@ -328,3 +328,77 @@ def test_leader_fail_over_exactly_one_writes(make_env, kube):
     )
     lease = kube.get("leases", "dyups", "dyups-syncer")
     assert lease["spec"]["holderIdentity"] == follower.elector.identity
+
+
+def test_namespace_scope_and_lag_from_the_trigger_time(make_env, kube):
+    from datetime import UTC, datetime, timedelta
+
+    kube.apply(opted_in("web", ns="shop"))
+    kube.apply(opted_in("web", ns="other"))
+    kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1")))
+    kube.apply(slice_of("web-a", ns="other", endpoints=eps("10.9.0.1")))
+    env = make_env(1)
+    app = env.start(
+        **kube_config(
+            env,
+            kube,
+            sources=[
+                {"type": "kubernetes", "namespaces": ["shop"], "client": {"api_url": kube.url}}
+            ],
+        )
+    )
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+    before = metric(app, "dyups_syncer_sync_lag_seconds_sum", proxy="p0")
+    changed = (datetime.now(UTC) - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    s = slice_of("web-a", endpoints=eps("10.0.0.2"))
+    s["metadata"].setdefault("annotations", {})[
+        "endpoints.kubernetes.io/last-change-trigger-time"
+    ] = changed
+    kube.apply(s)
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.2:8080")})
+    # measured from when the change happened in the cluster, not when we saw it
+    assert eventually(
+        lambda: metric(app, "dyups_syncer_sync_lag_seconds_sum", proxy="p0") - before >= 29
+    )
+
+
+def test_kubeconfig_from_the_command_line(tmp_path, kube):
+    import yaml
+
+    from syncer.config import load, with_kube_client
+    from syncer.sources.kubernetes import api_client
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            }
+        )
+    )
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [{"type": "kubernetes"}],
+                "proxies": {"static": [{"url": "http://127.0.0.1:1"}]},
+                "snapshot_path": str(tmp_path / "s.json"),
+                "leader_election": {"enabled": True},
+            }
+        )
+    )
+    cfg = with_kube_client(load(cfg_path, env={}), kubeconfig=kubeconfig, context="fake")
+    assert cfg.sources[0].client.kubeconfig == kubeconfig
+    assert cfg.leader_election.client.context == "fake"
+    api = api_client(cfg.sources[0].client)
+    assert api.configuration.host == kube.url
+    kube.apply(opted_in("web"))
+    from kubernetes import client as k8s
+
+    names = [s.metadata.name for s in k8s.CoreV1Api(api).list_service_for_all_namespaces().items]
+    assert names == ["web"]

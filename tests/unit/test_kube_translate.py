@@ -19,7 +19,11 @@ def svc(name="web", ns="shop", annotations=None, ports=None):
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
-        "spec": {"ports": ports if ports is not None else [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+        "spec": {
+            "ports": ports
+            if ports is not None
+            else [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+        },
     }
 
 
@@ -29,20 +33,35 @@ def ep(ip, ready=True, serving=None, terminating=None, zone="z1", node="n1"):
         cond["serving"] = serving
     if terminating is not None:
         cond["terminating"] = terminating
-    return {"addresses": [ip], "conditions": cond, "zone": zone, "nodeName": node,
-            "targetRef": {"kind": "Pod", "namespace": "shop", "name": f"pod-{ip}"}}
+    return {
+        "addresses": [ip],
+        "conditions": cond,
+        "zone": zone,
+        "nodeName": node,
+        "targetRef": {"kind": "Pod", "namespace": "shop", "name": f"pod-{ip}"},
+    }
 
 
-def slc(name, endpoints, service="web", ns="shop", address_type="IPv4", ports=None, annotations=None):
+def slc(
+    name, endpoints, service="web", ns="shop", address_type="IPv4", ports=None, annotations=None
+):
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": ns, "annotations": annotations or {},
-                     "labels": {"kubernetes.io/service-name": service,
-                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "annotations": annotations or {},
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
         "addressType": address_type,
         "endpoints": endpoints,
-        "ports": ports if ports is not None else [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ports": ports
+        if ports is not None
+        else [{"name": "http", "port": 8080, "protocol": "TCP"}],
     }
 
 
@@ -63,7 +82,9 @@ def test_services_without_the_annotation_are_ignored():
     assert parse_service(svc(), OPT) is None
 
 
-@pytest.mark.parametrize("value, name", [("", "shop-web"), ("true", "shop-web"), ("Checkout", "checkout")])
+@pytest.mark.parametrize(
+    "value, name", [("", "shop-web"), ("true", "shop-web"), ("Checkout", "checkout")]
+)
 def test_upstream_name(value, name):
     assert parse_service(svc(annotations={f"{P}/upstream": value}), OPT).upstream == name
 
@@ -74,11 +95,17 @@ def test_static_mapping_opts_in_without_annotation():
 
 
 def test_merges_slices_dedupes_and_picks_the_named_port():
-    s = svc(annotations={f"{P}/upstream": "web"}, ports=[
-        {"name": "http", "port": 80, "targetPort": 8080}, {"name": "metrics", "port": 9090}])
+    s = svc(
+        annotations={f"{P}/upstream": "web"},
+        ports=[{"name": "http", "port": 80, "targetPort": 8080}, {"name": "metrics", "port": 9090}],
+    )
     s["metadata"]["annotations"][f"{P}/port"] = "http"
     slices = [
-        slc("a", [ep("10.0.0.1"), ep("10.0.0.2")], ports=[{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080}]),
+        slc(
+            "a",
+            [ep("10.0.0.1"), ep("10.0.0.2")],
+            ports=[{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080}],
+        ),
         slc("b", [ep("10.0.0.2"), ep("10.0.0.3")]),
         slc("c", [ep("fd00::1")], address_type="IPv6"),
         slc("d", [ep("web.example.com")], address_type="FQDN"),
@@ -90,34 +117,57 @@ def test_merges_slices_dedupes_and_picks_the_named_port():
 
 def test_fqdn_slices_only_when_enabled():
     s = svc(annotations={f"{P}/upstream": "web"})
-    u = upstream_of(s, [slc("d", [ep("web.example.com")], address_type="FQDN")], Options(allow_fqdn=True))
+    u = upstream_of(
+        s, [slc("d", [ep("web.example.com")], address_type="FQDN")], Options(allow_fqdn=True)
+    )
     assert addresses(u) == ["web.example.com:8080"]
 
 
 def test_ready_endpoints_only():
     s = svc(annotations={f"{P}/upstream": "web"})
-    u = upstream_of(s, [slc("a", [ep("10.0.0.1"), ep("10.0.0.2", ready=False), ep("10.0.0.3", ready=None)])])
+    u = upstream_of(
+        s, [slc("a", [ep("10.0.0.1"), ep("10.0.0.2", ready=False), ep("10.0.0.3", ready=None)])]
+    )
     assert addresses(u) == ["10.0.0.1:8080", "10.0.0.3:8080"]  # nil ready reads as ready
 
 
 def test_terminating_fallback_like_kube_proxy():
     s = svc(annotations={f"{P}/upstream": "web"})
-    rollout = [slc("a", [
-        ep("10.0.0.1", ready=False, serving=True, terminating=True),
-        ep("10.0.0.2", ready=False, serving=False, terminating=True),
-        ep("10.0.0.3", ready=False, serving=False, terminating=False),
-    ])]
+    rollout = [
+        slc(
+            "a",
+            [
+                ep("10.0.0.1", ready=False, serving=True, terminating=True),
+                ep("10.0.0.2", ready=False, serving=False, terminating=True),
+                ep("10.0.0.3", ready=False, serving=False, terminating=False),
+            ],
+        )
+    ]
     assert addresses(upstream_of(s, rollout)) == ["10.0.0.1:8080"]
     assert upstream_of(s, rollout, Options(terminating_fallback=False)) is None
-    mixed = [slc("a", [ep("10.0.0.1", ready=False, serving=True, terminating=True), ep("10.0.0.4")])]
-    assert addresses(upstream_of(s, mixed)) == ["10.0.0.4:8080"]  # a ready endpoint exists: no fallback
+    mixed = [
+        slc("a", [ep("10.0.0.1", ready=False, serving=True, terminating=True), ep("10.0.0.4")])
+    ]
+    assert addresses(upstream_of(s, mixed)) == [
+        "10.0.0.4:8080"
+    ]  # a ready endpoint exists: no fallback
 
 
 def test_parameters_and_directives_from_annotations():
-    s = svc(annotations={f"{P}/upstream": "web", f"{P}/weight": "3", f"{P}/max-fails": "0",
-                         f"{P}/fail-timeout": "5s", f"{P}/directives": "least_conn; keepalive 16"})
+    s = svc(
+        annotations={
+            f"{P}/upstream": "web",
+            f"{P}/weight": "3",
+            f"{P}/max-fails": "0",
+            f"{P}/fail-timeout": "5s",
+            f"{P}/directives": "least_conn; keepalive 16",
+        }
+    )
     u = upstream_of(s, [slc("a", [ep("10.0.0.1")])])
-    assert u.render() == "server 10.0.0.1:8080 weight=3 max_fails=0 fail_timeout=5s; least_conn; keepalive 16;"
+    assert (
+        u.render()
+        == "server 10.0.0.1:8080 weight=3 max_fails=0 fail_timeout=5s; least_conn; keepalive 16;"
+    )
 
 
 @pytest.mark.parametrize(
@@ -163,7 +213,11 @@ def test_bad_endpoint_address_rejects_the_service():
 
 
 def test_trigger_time_and_service_label():
-    s = slc("a", [], annotations={"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-25T10:00:00Z"})
+    s = slc(
+        "a",
+        [],
+        annotations={"endpoints.kubernetes.io/last-change-trigger-time": "2026-11-25T10:00:00Z"},
+    )
     assert trigger_time(s) == 1795600800.0
     assert trigger_time(slc("a", [])) is None
     assert service_of(s) == "shop/web"
