@@ -10,7 +10,13 @@ from types import FrameType
 from typing import Any
 
 from syncer import log as logging_
-from syncer.config import Config, FileSourceConfig, KubernetesSourceConfig, ProxyConfig
+from syncer.config import (
+    Config,
+    ConsulSourceConfig,
+    FileSourceConfig,
+    KubernetesSourceConfig,
+    ProxyConfig,
+)
 from syncer.http import StatusServer
 from syncer.metrics import Metrics
 from syncer.model import Upstream
@@ -70,13 +76,47 @@ def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
 
 
 def build_source(
-    cfg: FileSourceConfig | KubernetesSourceConfig,
+    cfg: FileSourceConfig | KubernetesSourceConfig | ConsulSourceConfig,
     store: Store,
     metrics: Metrics,
     log: Any,
     *,
     allow_empty: bool = False,
 ) -> Source:
+    if isinstance(cfg, ConsulSourceConfig):
+        from syncer.sources import consul_translate
+        from syncer.sources.consul import ConsulSource, make_client
+
+        tls = cfg.tls
+        return ConsulSource(
+            name=cfg.source_name,
+            store=store,
+            metrics=metrics,
+            log=log,
+            client=make_client(
+                address=cfg.address,
+                scheme=cfg.scheme,
+                token=cfg.token,
+                datacenter=cfg.datacenter,
+                ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+                cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+                key_file=str(tls.key_file) if tls and tls.key_file else None,
+                connect_timeout=cfg.connect_timeout,
+            ),
+            options=consul_translate.Options(
+                tag=cfg.tag,
+                meta_prefix=cfg.meta_prefix,
+                statuses=tuple(cfg.statuses),
+                use_consul_weights=cfg.use_consul_weights,
+            ),
+            wait=cfg.wait,
+            min_interval=cfg.min_interval,
+            consistency=cfg.consistency,
+            namespace=cfg.namespace,
+            partition=cfg.partition,
+            health_tag=cfg.health_tag,
+            allow_empty=allow_empty,
+        )
     if isinstance(cfg, KubernetesSourceConfig):
         # Imported here so that file-only installs need no Kubernetes client.
         from syncer.sources.kube_translate import Options

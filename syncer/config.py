@@ -73,6 +73,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BasicAuth(_Strict):
+    username: str
+    password: str = Field(repr=False)
+
+
+class TLSConfig(_Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
 class FileSourceConfig(_Strict):
     type: Literal["file"]
     path: Path
@@ -120,19 +132,48 @@ class KubernetesSourceConfig(_Strict):
         return self.name or "kubernetes"
 
 
-SourceConfig = Annotated[FileSourceConfig | KubernetesSourceConfig, Field(discriminator="type")]
+class ConsulSourceConfig(_Strict):
+    type: Literal["consul"]
+    name: str | None = None
+    address: str = "127.0.0.1:8500"
+    scheme: Literal["http", "https"] = "http"
+    token: str | None = Field(default=None, repr=False)  # default: $CONSUL_HTTP_TOKEN
+    datacenter: str | None = None
+    namespace: str | None = None  # Consul Enterprise
+    partition: str | None = None  # Consul Enterprise
+    tag: str = "dyups"  # services with this tag opt in (or with meta dyups-upstream)
+    meta_prefix: str = "dyups-"
+    statuses: list[Literal["passing", "warning"]] = ["passing"]
+    health_tag: str | None = None  # only instances with this tag
+    use_consul_weights: bool = True  # Weights.Passing / Weights.Warning
+    consistency: Literal["default", "consistent", "stale"] = "default"
+    wait: Duration = 300.0
+    min_interval: Duration = 1.0  # rate limit for queries that return unchanged quickly
+    connect_timeout: Duration = 5.0
+    tls: TLSConfig | None = None
+
+    @field_validator("wait")
+    @classmethod
+    def _wait(cls, value: float) -> float:
+        if not 1 <= value <= 600:
+            raise ValueError("must be between 1s and 10m (Consul caps blocking queries at 10m)")
+        return value
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, value: list[str]) -> list[str]:
+        if "passing" not in value:
+            raise ValueError("must include passing")
+        return value
+
+    @property
+    def source_name(self) -> str:
+        return self.name or "consul"
 
 
-class BasicAuth(_Strict):
-    username: str
-    password: str = Field(repr=False)
-
-
-class TLSConfig(_Strict):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_skip_verify: bool = False
+SourceConfig = Annotated[
+    FileSourceConfig | KubernetesSourceConfig | ConsulSourceConfig, Field(discriminator="type")
+]
 
 
 class ProxySettings(_Strict):
@@ -370,11 +411,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     def rel(p: Path) -> Path:
         return p if p.is_absolute() else base / p
 
-    sources: list[FileSourceConfig | KubernetesSourceConfig] = []
+    sources: list[FileSourceConfig | KubernetesSourceConfig | ConsulSourceConfig] = []
     for source in config.sources:
         if isinstance(source, FileSourceConfig):
             source = source.model_copy(update={"path": rel(source.path)})
-        elif source.client.kubeconfig is not None:
+        elif isinstance(source, KubernetesSourceConfig) and source.client.kubeconfig is not None:
             client = source.client.model_copy(update={"kubeconfig": rel(source.client.kubeconfig)})
             source = source.model_copy(update={"client": client})
         sources.append(source)

@@ -31,6 +31,12 @@ class ModelError(ValueError):
     """A value that cannot become part of an upstream; the message names the field."""
 
 
+def label_value(text: str) -> str:
+    """`text` if it can be kept as a zone or node label, else "" (metadata only:
+    a strange value must not reject the endpoint it describes)."""
+    return text if _META_RE.fullmatch(text) else ""
+
+
 def normalize_name(raw: str) -> str:
     """Lower-case and validate an upstream name (dyups looks names up case-insensitively)."""
     if not isinstance(raw, str):
