@@ -45,6 +45,8 @@ from syncer.proxy.dyups import (
 from syncer.proxy.pacing import DEFAULT_BUDGET, Budget, TokenBucket, message_cost
 from syncer.state import DesiredState, Store
 
+FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps failing
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -103,6 +105,10 @@ class ProxyWorker:
         self._retry_at: float | None = None
         self._down_backoff = 0.0
         self._rejected: set[tuple[str, str]] = set()
+        # Per upstream: consecutive failed rounds and when to try again, so that an
+        # upstream that keeps failing (e.g. truncated every time) is not re-posted
+        # every probe interval, each POST resetting its balancer state.
+        self._failing: dict[str, tuple[int, float]] = {}
         self._lag_recorded: dict[str, float] = {}
         self._last_conflicts: tuple[str, ...] = ()
         self._last_refused: tuple[str, ...] = ()
@@ -270,16 +276,34 @@ class ProxyWorker:
             self.store.claim(self.label, result.claims)
             if not self._persist_now():
                 self.log.error("ownership_not_persisted", upstreams=list(result.claims))
-        upserts = [u for u in result.upserts if (u.name, body_hash(u.body)) not in self._rejected]
-        failed = self._apply(desired, upserts, list(result.deletes))
-        if failed:
+        now = self._clock()
+        upserts = [
+            u
+            for u in result.upserts
+            if (u.name, body_hash(u.body)) not in self._rejected and self._due(u.name, now)
+        ]
+        deletes = [d for d in result.deletes if self._due(d.name, now)]
+        deferred = len(result.upserts) + len(result.deletes) - len(upserts) - len(deletes)
+        failed = self._apply(desired, upserts, deletes)
+        if failed or deferred:
             self._dirty = True
-            self._retry_at = self._clock() + self.s.retry_max
+            waits = [t for _, t in self._failing.values()] + [self._clock() + self.s.retry_max]
+            self._retry_at = min(waits)
+            failed += deferred
         elif not result.refused and not result.conflicts:
             self.m.last_sync.labels(self.label).set(self._wall())
         if not failed:
             self.reconciled_once.set()
         return result
+
+    def _due(self, name: str, now: float) -> bool:
+        failing = self._failing.get(name)
+        return failing is None or failing[1] <= now
+
+    def _failed_round(self, name: str) -> None:
+        count = self._failing.get(name, (0, 0.0))[0] + 1
+        delay = min(FAILING_BACKOFF_MAX, self.s.retry_max * 2 ** (count - 1))
+        self._failing[name] = (count, self._clock() + delay)
 
     def _report_plan(self, result: Plan) -> None:
         self.last_plan = {
@@ -329,9 +353,13 @@ class ProxyWorker:
                     raise ProxyUnavailable(result.body)
                 if result.outcome.done:
                     written += 1
+                    self._failing.pop(change.name, None)
                     self._accepted(change, desired)
                 else:
                     failed += 1
+                    interrupted = self.store.current().version != desired.version
+                    if result.outcome is not Outcome.REJECTED and not interrupted:
+                        self._failed_round(change.name)
                     if result.outcome is not Outcome.REJECTED and self._cache is not None:
                         self._cache.pop(change.name, None)  # state unknown: re-post next time
         except ProxyUnavailable as e:
@@ -465,4 +493,5 @@ class ProxyWorker:
             "last_plan": self.last_plan,
             "last_error": self.last_error,
             "rejected_bodies": sorted(name for name, _ in self._rejected),
+            "failing": {name: count for name, (count, _) in self._failing.items()},
         }
