@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
@@ -319,6 +319,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(match.group("port"))
 
 
+@functools.lru_cache(maxsize=262144)  # /detail repeats the same lines every resync
 def _parse_detail_server(line: str) -> Server:
     words = line.split()
     if len(words) < 2 or words[0] != "server":
@@ -403,11 +404,17 @@ def _servers_from_body(body: str) -> tuple[Server, ...] | None:
     return tuple(sorted(servers))
 
 
+_RENDER_FLAGS = {"backup", "down"}
+_RENDER_INTS = {"weight", "max_conns", "max_fails", "fail_timeout"}
+
+
 def _server_from_render(words: list[str]) -> Server:
     host, port = parse_address(words[0])
     kwargs: dict[str, int | bool] = {}
     for word in words[1:]:
         key, sep, value = word.partition("=")
+        if (key in _RENDER_FLAGS) == bool(sep) or (sep and key not in _RENDER_INTS):
+            raise ParseError(f"unknown server parameter {word!r}")
         if not sep:
             kwargs[key] = True
         elif key == "fail_timeout":
@@ -440,41 +447,30 @@ def normalize_address(address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# ---------------------------------------------------------------- plain data
-# For the snapshot: a JSON-able form that round-trips through the validating constructors.
+# ---------------------------------------------------------------- bodies back
+# The snapshot keeps each upstream as its canonical body: compact, and read back
+# through the same validating constructors.
 
 
-def upstream_to_data(upstream: Upstream) -> dict[str, object]:
-    return {
-        "servers": [
-            {
-                "host": s.host,
-                "port": s.port,
-                "weight": s.weight,
-                "max_fails": s.max_fails,
-                "fail_timeout": s.fail_timeout,
-                "backup": s.backup,
-                "down": s.down,
-                "max_conns": s.max_conns,
-            }
-            for s in upstream.servers
-        ],
-        "directives": [" ".join((d.name, *d.args)) for d in upstream.directives],
-    }
-
-
-def upstream_from_data(name: str, data: Mapping[str, object]) -> Upstream:
-    servers_raw = data.get("servers")
-    directives_raw = data.get("directives", [])
-    if not isinstance(servers_raw, list) or not isinstance(directives_raw, list):
-        raise ModelError(f"upstream {name!r}: servers and directives must be lists")
-    servers = []
-    for raw in servers_raw:
-        if not isinstance(raw, dict):
-            raise ModelError(f"upstream {name!r}: a server must be a mapping")
-        servers.append(Server(**raw, allow_hostname=True))
-    return Upstream(
-        name=name,
-        servers=tuple(servers),
-        directives=tuple(Directive.parse(d) for d in directives_raw),
-    )
+def upstream_from_body(name: str, body: str) -> Upstream:
+    """Rebuild an upstream from a body this module rendered (host names allowed: the
+    body was validated when it was first built)."""
+    if not isinstance(body, str):
+        raise ModelError(f"upstream {name!r}: body must be a string")
+    servers: list[Server] = []
+    directives: list[Directive] = []
+    statements = body.split(";")
+    if statements[-1].strip():
+        raise ModelError(f"upstream {name!r}: body does not end with ';'")
+    for statement in statements[:-1]:
+        words = statement.split()
+        if not words:
+            raise ModelError(f"upstream {name!r}: empty statement")
+        if words[0] == "server":
+            try:
+                servers.append(_server_from_render(words[1:]))
+            except (ParseError, ValueError, IndexError, TypeError) as e:
+                raise ModelError(f"upstream {name!r}: bad server {statement.strip()!r}") from e
+        else:
+            directives.append(Directive(words[0], tuple(words[1:])))
+    return Upstream(name, tuple(servers), tuple(directives))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1
+FORMAT = 2  # 2: upstreams kept as their canonical bodies
 
 
 class SnapshotError(Exception):
@@ -27,7 +27,7 @@ class SnapshotError(Exception):
 
 @dataclass
 class SnapshotData:
-    """Plain JSON-able content. `sources`: source name → upstream name → upstream data;
+    """Plain JSON-able content. `sources`: source name → upstream name → POST body;
     `proxies`: proxy url → {"owned": [names], "applied": {name: body hash}}."""
 
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -36,7 +36,6 @@ class SnapshotData:
     def to_json(self) -> str:
         return json.dumps(
             {"format": FORMAT, "sources": self.sources, "proxies": self.proxies},
-            sort_keys=True,
             separators=(",", ":"),
         )
 
@@ -83,16 +82,17 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 class SnapshotWriter:
-    """Writes the snapshot when asked: at once (`write_now`, for ownership claims that
-    must be durable before a POST) or coalesced (`mark_dirty`, written by a
-    background thread within `delay` seconds, so a burst of changes costs one fsync)."""
+    """Writes the snapshot when asked: durably now (`write_now`, for ownership claims
+    that must be on disk before a POST; concurrent callers share one write) or
+    coalesced (`mark_dirty`: a background thread writes at most once per `delay`, so a
+    cold sync of thousands of upstreams costs a handful of writes, not thousands)."""
 
     def __init__(
         self,
         path: Path,
         produce: Callable[[], SnapshotData],
         *,
-        delay: float = 0.2,
+        delay: float = 1.0,
         on_error: Callable[[Exception], None] = lambda e: None,
     ) -> None:
         self.path = path
@@ -100,6 +100,10 @@ class SnapshotWriter:
         self._delay = delay
         self._on_error = on_error
         self._lock = threading.Lock()  # one writer at a time
+        self._cond = threading.Condition()
+        self._started_gen = 0  # writes begun
+        self._done_gen = 0  # writes finished (successfully or not)
+        self._ok = True
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,17 +124,32 @@ class SnapshotWriter:
         self._dirty.set()
 
     def write_now(self) -> bool:
-        """Write the current state; False (and on_error) if the disk refused."""
+        """Return once a write that began after this call has finished (group commit:
+        callers arriving while a write runs share the next one); False if it failed."""
+        with self._cond:
+            wanted = self._started_gen + 1
         with self._lock:
+            with self._cond:
+                if self._done_gen >= wanted:
+                    return self._ok
+                self._started_gen += 1
+                gen = self._started_gen
             self._dirty.clear()
-            try:
-                write_atomic(self.path, self._produce().to_json())
-            except OSError as e:
-                self._dirty.set()  # try again on the next round
-                self._on_error(e)
-                return False
-            self.writes += 1
-            return True
+            ok = self._write()
+            with self._cond:
+                self._done_gen, self._ok = gen, ok
+                self._cond.notify_all()
+            return ok
+
+    def _write(self) -> bool:
+        try:
+            write_atomic(self.path, self._produce().to_json())
+        except OSError as e:
+            self._dirty.set()  # try again on the next round
+            self._on_error(e)
+            return False
+        self.writes += 1
+        return True
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -140,4 +159,4 @@ class SnapshotWriter:
             # Coalesce: let a burst settle, then write once.
             self._stop.wait(self._delay)
             if self._dirty.is_set() and not self.write_now():
-                self._stop.wait(1.0)
+                self._stop.wait(self._delay)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from syncer.model import ModelError, Upstream, upstream_from_data, upstream_to_data
+from syncer.model import ModelError, Upstream, upstream_from_body
 from syncer.snapshot import SnapshotData
 
 _REMOVED_KEEP = 10_000  # how many removal times to remember for lag of deletes
@@ -108,8 +108,8 @@ class Store:
                 restored: dict[str, Upstream] = {}
                 for name, raw in upstreams.items():
                     try:
-                        restored[name] = upstream_from_data(name, raw)
-                    except (ModelError, TypeError) as e:
+                        restored[name] = upstream_from_body(name, raw)
+                    except ModelError as e:
                         problems.append(f"upstream {name!r} of {source!r}: {e}")
                 self._by_source[source] = restored
                 for name in restored:
@@ -126,17 +126,17 @@ class Store:
         return problems
 
     def snapshot(self) -> SnapshotData:
+        # Copy references under the lock; render outside it (workers need the lock).
         with self._cond:
-            return SnapshotData(
-                sources={
-                    src: {n: upstream_to_data(u) for n, u in ups.items()}
-                    for src, ups in self._by_source.items()
-                },
-                proxies={
-                    url: {"owned": sorted(rec.owned), "applied": dict(rec.applied)}
-                    for url, rec in self._proxies.items()
-                },
-            )
+            sources = {src: dict(ups) for src, ups in self._by_source.items()}
+            proxies = {
+                url: {"owned": sorted(rec.owned), "applied": dict(rec.applied)}
+                for url, rec in self._proxies.items()
+            }
+        return SnapshotData(
+            sources={src: {n: u.body for n, u in ups.items()} for src, ups in sources.items()},
+            proxies=proxies,
+        )
 
     # ---------------------------------------------------------------- sources
     def publish(

@@ -117,11 +117,27 @@ class ProxyWorker:
         self.last_error = ""
         self.last_plan: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
+        self._kick = threading.Event()
+        self._kicker: threading.Thread | None = None
 
     # ----------------------------------------------------------------- thread
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"proxy-{self.label}", daemon=True)
         self._thread.start()
+        if self.s.kick_gets:
+            self._kicker = threading.Thread(
+                target=self._kick_loop, name=f"kick-{self.label}", daemon=True
+            )
+            self._kicker.start()
+
+    def _kick_loop(self) -> None:
+        """The propagation kick, off the write path: a change arriving while the GETs
+        run is written at once, and a burst of batches costs one kick per round."""
+        while not self.stop.is_set():
+            self._kick.wait()
+            self._kick.clear()
+            if not self.stop.is_set():
+                self.client.kick(self.s.kick_gets)
 
     def join(self, timeout: float) -> None:
         if self._thread:
@@ -143,6 +159,9 @@ class ProxyWorker:
                 self.log.exception("worker_crashed", failures=failures)
                 self._cache = None
                 self.stop.wait(min(30.0, 0.5 * 2**failures))
+        self._kick.set()  # let the kicker see the stop
+        if self._kicker is not None:
+            self._kicker.join(timeout=5)
         self.client.close()
 
     # ------------------------------------------------------------------- loop
@@ -367,7 +386,7 @@ class ProxyWorker:
             return failed + 1
         finally:
             if written and self.s.kick_gets:
-                self.client.kick(self.s.kick_gets)
+                self._kick.set()
         return failed
 
     def _write(self, change: Upsert | Delete, version: int) -> WriteResult:

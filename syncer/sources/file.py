@@ -51,6 +51,10 @@ _SECONDS_RE = re.compile(r"(\d+)(s|m|h)?")
 _UNIT = {None: 1, "s": 1, "m": 60, "h": 3600}
 
 
+# libyaml's loader when PyYAML was built with it: about 6x faster on large files.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class SourceDataError(ValueError):
     """Bad content; the message is `file:line: field: reason`."""
 
@@ -149,15 +153,15 @@ class _At(Exception):
 def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> dict[str, Upstream]:
     """Parse and validate a whole file; SourceDataError names file, line and field."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
         raise SourceDataError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
 
     def fail(path: tuple[str | int, ...], message: str) -> SourceDataError:
-        line = _line_of(node, path)
+        # The node tree (for line numbers) is built only when there is an error to place.
+        line = _line_of(yaml.compose(text, Loader=_LOADER), path)
         field = ".".join(str(p) for p in path) or "(document)"
         return SourceDataError(f"{origin}:{line or 1}: {field}: {message}")
 

@@ -17,8 +17,7 @@ from syncer.model import (
     parse_list_classic,
     parse_list_head,
     parse_upstream_addresses,
-    upstream_from_data,
-    upstream_to_data,
+    upstream_from_body,
 )
 
 # ';' may appear only as a statement terminator (checked separately).
@@ -235,7 +234,7 @@ def test_render_then_parse_round_trips(up):
     assert parse_detail(_as_detail(up))[up.name].servers == up.servers
     head = parse_list_head(f"upstream {up.name} {{\n{up.render()}\n}}\n")[up.name]
     assert head.servers == up.servers and head.body == up.render()
-    assert upstream_from_data(up.name, upstream_to_data(up)) == up
+    assert upstream_from_body(up.name, up.render()) == up
 
 
 @given(upstreams())
@@ -266,3 +265,10 @@ def test_observed_equality_ignores_server_order():
     a = parse_detail(DETAIL)["web"]
     b = ObservedUpstream("web", tuple(reversed(a.servers or ())))
     assert tuple(sorted(b.servers or ())) == a.servers
+
+
+@pytest.mark.parametrize("body", ["server 1.2.3.4:80", "server 1.2.3.4:80 bogus=1;", "zone x 1m; server 1.2.3.4:80;",
+                                  "server 1.2.3.4:80;;", "server 1.2.3.4:80 weight;"])
+def test_bodies_that_are_not_ours_do_not_come_back(body):
+    with pytest.raises(ModelError):
+        upstream_from_body("x", body)

@@ -80,10 +80,7 @@ def test_corrupt_snapshot_is_an_error_not_a_crash(tmp_path, content):
 def test_snapshot_entries_that_fail_validation_are_skipped(tmp_path):
     s = Store(["a"])
     data = s.snapshot()
-    data.sources["a"] = {
-        "x": {"servers": [{"host": "1.2.3.4;", "port": 80}]},
-        "y": {"servers": [{"host": "1.2.3.4", "port": 80}]},
-    }
+    data.sources["a"] = {"x": "server 1.2.3.4;;", "y": "server 1.2.3.4:80 weight=2;"}
     problems = s.restore(data)
     assert len(problems) == 1 and "x" in problems[0]
     assert set(s.current().upstreams) == {"y"}
@@ -108,3 +105,42 @@ def test_write_failure_is_reported_not_raised(tmp_path):
     blocker.write_text("x")
     writer = SnapshotWriter(blocker / "snap.json", Store(["a"]).snapshot, on_error=errors.append)
     assert writer.write_now() is False and errors
+
+
+def test_concurrent_durable_writes_share_one_write(tmp_path):
+    import threading
+
+    s = Store(["a"])
+    gate = threading.Event()
+    produced = []
+
+    def produce():
+        produced.append(1)
+        gate.wait(5)
+        return s.snapshot()
+
+    writer = SnapshotWriter(tmp_path / "snap.json", produce)
+    first = threading.Thread(target=writer.write_now)
+    first.start()
+    assert eventually_true(lambda: produced)
+    s.claim("p", ["late"])  # made while the first write runs: needs a later write
+    waiters = [threading.Thread(target=writer.write_now) for _ in range(5)]
+    for w in waiters:
+        w.start()
+    gate.set()
+    first.join(5)
+    for w in waiters:
+        w.join(5)
+    assert writer.writes == 2  # the five waiters shared one write
+    assert load(tmp_path / "snap.json").proxies["p"]["owned"] == ["late"]
+
+
+def eventually_true(predicate, timeout=5.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
