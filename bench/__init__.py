@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of dyups-syncer against simulated proxies: `python -m bench --help`."""

@@ -1,0 +1,393 @@
+"""Shared machinery: simulated proxies, the syncer as a separate process, and figures.
+
+The simulated proxies run in the bench process with the module's defaults (2 nginx
+workers, `dyups_shm_zone_size` 2 MiB, `dyups_read_msg_timeout` 1 s, no nginx.conf
+upstream). The syncer runs as `python -m syncer.cli run -c CONFIG`, its own process,
+so that its CPU time and memory can be read from /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from syncer.testing.dyups import AppliedEvent, DyupsSimulator
+
+REPO = Path(__file__).resolve().parent.parent
+POLL_INTERVAL = 0.005  # the file source's default poll_interval here: part of every lag
+NGINX_WORKERS = 2
+SHM_ZONE_SIZE = 2 * 1024 * 1024
+READ_MSG_TIMEOUT = 1.0
+STOP_TIMEOUT = 15.0  # after SIGTERM, before SIGKILL
+APPLIED_LIMIT = 2_000_000  # events kept per simulator; far above what a run produces
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The run cannot go on (the syncer died, a wait timed out)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    proxies: int
+    upstreams: int
+    servers: int
+    changes: int
+    duration: float
+    kick: bool
+    debounce: float | None  # None: the syncer's default (100 ms)
+    poll_interval: float = POLL_INTERVAL
+    gap: float = 0.0  # change: idle pause before each change (not part of the lag)
+
+
+@dataclass
+class Result:
+    """One run's figures, printed as a markdown table."""
+
+    title: str
+    command: str
+    setup: str
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", f"`{self.command}`", "", self.setup, ""]
+        lines += ["| figure | value |", "|---|---|"]
+        lines += [f"| {name} | {value} |" for name, value in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------- upstreams
+
+
+def upstream_name(k: int) -> str:
+    return f"u{k:05d}"
+
+
+def base_servers(k: int, servers: int) -> list[str]:
+    return [f"10.{k // 250}.{k % 250}.{j + 1}:8080" for j in range(servers)]
+
+
+def base_spec(upstreams: int, servers: int) -> dict[str, list[str]]:
+    return {upstream_name(k): base_servers(k, servers) for k in range(upstreams)}
+
+
+# ----------------------------------------------------------------- figures
+
+
+def percentiles_ms(values: Sequence[float]) -> str:
+    """p50 / p90 / p99 / max in milliseconds (nearest rank)."""
+    if not values:
+        return "—"
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+    picks = (rank(50), rank(90), rank(99), ordered[-1])
+    return " / ".join(f"{x * 1000:.1f}" for x in picks)
+
+
+def spread(values: Sequence[float], digits: int = 0) -> str:
+    """`mean (min–max)` over proxies."""
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def machine() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name")), "?")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = int(next(x.split()[1] for x in meminfo if x.startswith("MemTotal:")))
+    return [
+        f"CPUs (nproc): {len(os.sched_getaffinity(0))}, model name: {model}",
+        f"memory: {mem_kib / 1024 / 1024:.1f} GiB",
+        f"Python {platform.python_version()}, Linux {platform.release()}",
+    ]
+
+
+def code_version() -> str:
+    """The commit measured, and whether syncer/ differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "syncer"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown (no git)"
+    return f"commit {head or '?'}" + (", syncer/ with uncommitted changes" if dirty else "")
+
+
+# ----------------------------------------------------------------- applied events
+
+
+class Tracker:
+    """When each nginx worker of one proxy first applied a POST, by a key of the event.
+
+    Reads the simulator's `applied` events incrementally; `key` returns None for
+    events that do not matter.
+    """
+
+    def __init__(self, sim: DyupsSimulator, key: Callable[[AppliedEvent], Hashable | None]):
+        self.sim = sim
+        self._key = key
+        self._seen = 0
+        self.first: dict[tuple[Hashable, int], float] = {}
+        self.per_worker: Counter[int] = Counter()
+
+    def update(self) -> Tracker:
+        events = self.sim.applied
+        if len(events) >= APPLIED_LIMIT:
+            raise BenchError("the simulator dropped applied events; run fewer changes")
+        for event in events[self._seen :]:
+            key = self._key(event) if event.op == "post" else None
+            if key is not None and (key, event.worker) not in self.first:
+                self.first[(key, event.worker)] = event.at
+                self.per_worker[event.worker] += 1
+        self._seen = len(events)
+        return self
+
+    def accepted_at(self, key: Hashable) -> float | None:
+        """The first worker to apply it: the one that answered the POST."""
+        times = [t for w in range(self.sim.workers) if (t := self.first.get((key, w))) is not None]
+        return min(times) if times else None
+
+    def everywhere_at(self, key: Hashable) -> float | None:
+        """When the last nginx worker applied it, or None if one has not yet."""
+        times = [self.first.get((key, w)) for w in range(self.sim.workers)]
+        return None if None in times else max(t for t in times if t is not None)
+
+    def holds(self, count: int) -> bool:
+        return all(self.per_worker[w] >= count for w in range(self.sim.workers))
+
+
+# ----------------------------------------------------------------- the syncer process
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SyncerProcess:
+    """`python -m syncer.cli run -c CONFIG`, stdout and stderr to a log file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log_path = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DYUPS_SYNCER_")}
+        with log.open("wb") as out:
+            self.started = time.monotonic()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "syncer.cli", "run", "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=env,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise BenchError(f"the syncer exited with {code}; its log ends with:\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of every thread, from /proc/PID/stat."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def _status_kib(self, key: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise BenchError(f"no {key} in /proc/{self.pid}/status")
+
+    def peak_rss_mib(self) -> float:
+        return self._status_kib("VmHWM") / 1024
+
+    def rss_mib(self) -> float:
+        return self._status_kib("VmRSS") / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(STOP_TIMEOUT)
+
+    def log_summary(self) -> str:
+        """Warnings and errors the syncer logged, by event."""
+        counts: Counter[str] = Counter()
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                entry: Any = json.loads(line)
+                counts[f"{entry['level']} {entry['event']}"] += 1
+            except (ValueError, KeyError, TypeError):
+                counts["(not JSON)"] += 1
+        if not counts:
+            return "0"
+        return ", ".join(f"{name} ×{n}" for name, n in counts.most_common())
+
+
+# ----------------------------------------------------------------- one run
+
+
+class Bench:
+    """One run: a temp dir, N simulated proxies and, once started, one syncer process.
+
+    Leaving the `with` block stops the syncer (SIGTERM, then SIGKILL), then the
+    simulators, then removes the temp dir, also on errors.
+    """
+
+    def __init__(self, proxies: int) -> None:
+        self._proxies = proxies
+        self._stack = contextlib.ExitStack()
+        self.sims: list[DyupsSimulator] = []
+        self.syncer: SyncerProcess | None = None
+        self.dir = Path(".")
+        self.upstreams_file = Path("upstreams.yaml")
+
+    def __enter__(self) -> Bench:
+        try:
+            tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="dyups-bench-"))
+            self.dir = Path(tmp)
+            self.upstreams_file = self.dir / "upstreams.yaml"
+            for i in range(self._proxies):
+                sim = DyupsSimulator(
+                    workers=NGINX_WORKERS,
+                    shm_zone_size=SHM_ZONE_SIZE,
+                    read_msg_timeout=READ_MSG_TIMEOUT,
+                    seed=i,
+                    applied_limit=APPLIED_LIMIT,
+                )
+                self._stack.callback(sim.stop)
+                self.sims.append(sim.start())
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    def write_upstreams(self, spec: dict[str, list[str]]) -> float:
+        """Write the file source atomically; returns time.monotonic() just before the rename."""
+        doc = {"upstreams": {name: {"servers": servers} for name, servers in spec.items()}}
+        tmp = self.upstreams_file.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        stamp = time.monotonic()
+        os.replace(tmp, self.upstreams_file)
+        return stamp
+
+    def start_syncer(self, opts: Options) -> SyncerProcess:
+        source = {"type": "file", "path": str(self.upstreams_file)}
+        config: dict[str, Any] = {
+            "sources": [{**source, "poll_interval": opts.poll_interval}],
+            "proxies": {
+                "static": [
+                    {"url": sim.url, "name": f"p{i}", "kick": opts.kick}
+                    for i, sim in enumerate(self.sims)
+                ]
+            },
+            "snapshot_path": str(self.dir / "snapshot.json"),
+            "listen": f"127.0.0.1:{_free_port()}",
+            "log": {"level": "warning", "format": "json"},
+        }
+        if opts.debounce is not None:
+            config["debounce"] = opts.debounce
+        path = self.dir / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        syncer = SyncerProcess(path, self.dir / "syncer.log")
+        self._stack.callback(syncer.stop)
+        self.syncer = syncer
+        return syncer
+
+    def _alive(self) -> None:
+        if self.syncer is not None:
+            self.syncer.check_alive()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll `predicate` every 20 ms until it holds; BenchError on timeout or a dead syncer."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            self._alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.02)
+
+    def wait_sim(
+        self, sim: DyupsSimulator, predicate: Callable[[], bool], timeout: float, what: str
+    ) -> None:
+        """Wait on the simulator's own change notifications (no polling delay)."""
+        deadline = time.monotonic() + timeout
+        while not sim.wait_until(lambda _sim: predicate(), min(1.0, timeout)):
+            self._alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._alive()
+            time.sleep(min(1.0, left))
+
+    def wait_synced(self, names: set[str], timeout: float) -> list[Tracker]:
+        """Until every nginx worker of every proxy applied a POST of each name."""
+        trackers = [
+            Tracker(sim, lambda e: e.name if e.name in names else None) for sim in self.sims
+        ]
+        self.wait(
+            lambda: all(t.update().holds(len(names)) for t in trackers),
+            timeout,
+            f"{len(names)} upstreams on every worker of every proxy",
+        )
+        return trackers
+
+    def proxy_rows(self, syncer: SyncerProcess) -> list[tuple[str, str]]:
+        """Request counts from the simulators' stats, and the syncer's memory and log."""
+        stats = [sim.stats for sim in self.sims]
+        return [
+            ("POSTs per proxy, mean (min–max)", spread([s.posts for s in stats])),
+            ("DELETEs per proxy, mean (min–max)", spread([s.deletes for s in stats])),
+            ("GETs per proxy, mean (min–max)", spread([s.gets for s in stats])),
+            ("queue overflows (`alert` 500s), all proxies", str(sum(s.alerts for s in stats))),
+            ("syncer peak RSS (VmHWM)", f"{syncer.peak_rss_mib():.1f} MiB"),
+        ]
