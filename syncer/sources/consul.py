@@ -24,8 +24,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import consul
-import consul.base
 import requests
+
+try:  # py-consul keeps the callbacks here...
+    from consul.callback import CB
+except ImportError:  # ...python-consul2 in consul.base
+    from consul.base import CB
 
 from syncer.metrics import Metrics
 from syncer.model import Upstream
@@ -33,7 +37,7 @@ from syncer.sources.base import Source
 from syncer.sources.consul_translate import Options, Rejection, build_upstream
 from syncer.state import Store
 
-ERRORS = (consul.ConsulException, requests.RequestException, OSError, ValueError)
+ERRORS = (consul.ConsulException, requests.RequestException, OSError, ValueError, KeyError)
 
 
 class _TimeoutSession(requests.Session):
@@ -202,9 +206,7 @@ class ConsulSource(Source):
         params = [*self._extra, *extra]
         if index:
             params += [("index", str(index)), ("wait", wait)]
-        result: tuple[int, Any] = self.client.http.get(
-            consul.base.CB.json(index=True), path, params=params
-        )
+        result: tuple[int, Any] = self.client.http.get(CB.json(index=True), path, params=params)
         index_raw, data = result
         return int(index_raw or 0), data
 

@@ -299,3 +299,49 @@ def test_tls_with_ca_and_client_certificate(tmp_path):
     with pytest.raises(ProxyUnavailable):
         untrusted.list_names()
     server.sock.close()
+
+
+@pytest.mark.parametrize(
+    "raw, status, body, closes",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nsuccess", 200, b"success", False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nsuc\r\n4;x=y\r\ncess\r\n0\r\n\r\n",
+            200,
+            b"success",
+            False,
+        ),
+        (
+            b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            404,
+            b"",
+            True,
+        ),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", 200, b"until the end", True),
+        (
+            b"HTTP/1.1 204 No Content\r\n\r\nno content\n",
+            204,
+            b"",
+            False,
+        ),  # the stray body stays unread
+    ],
+)
+def test_response_reader(raw, status, body, closes):
+    import io
+
+    from syncer.proxy.dyups import _read_response
+
+    assert _read_response(io.BufferedReader(io.BytesIO(raw))) == (status, body, closes)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"]
+)
+def test_response_reader_rejects_broken_answers(raw):
+    import http.client
+    import io
+
+    from syncer.proxy.dyups import _read_response
+
+    with pytest.raises(http.client.HTTPException):
+        _read_response(io.BufferedReader(io.BytesIO(raw)))

@@ -267,8 +267,16 @@ def test_observed_equality_ignores_server_order():
     assert tuple(sorted(b.servers or ())) == a.servers
 
 
-@pytest.mark.parametrize("body", ["server 1.2.3.4:80", "server 1.2.3.4:80 bogus=1;", "zone x 1m; server 1.2.3.4:80;",
-                                  "server 1.2.3.4:80;;", "server 1.2.3.4:80 weight;"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "server 1.2.3.4:80",
+        "server 1.2.3.4:80 bogus=1;",
+        "zone x 1m; server 1.2.3.4:80;",
+        "server 1.2.3.4:80;;",
+        "server 1.2.3.4:80 weight;",
+    ],
+)
 def test_bodies_that_are_not_ours_do_not_come_back(body):
     with pytest.raises(ModelError):
         upstream_from_body("x", body)
