@@ -38,6 +38,8 @@ except ImportError:  # pragma: no cover - exercised with python-consul2 installe
 
     LIB = "python-consul2"
 
+pytestmark = pytest.mark.consul
+
 WAIT = 5.0
 SHORT = "300ms"  # a wait that is let to elapse
 

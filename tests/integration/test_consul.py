@@ -1,0 +1,189 @@
+"""The daemon with the Consul source against the fake agent (blocking queries, the real
+client library) and simulated proxies. CI runs this file with py-consul and once more
+with python-consul2."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncer.model import Server, Upstream
+from tests.fakes.consul_agent import FakeConsulAgent
+
+from .conftest import WAIT, eventually, metric
+
+pytestmark = pytest.mark.consul
+
+
+@pytest.fixture(autouse=True)
+def _no_consul_env(monkeypatch):
+    # python-consul2 lets CONSUL_HTTP_ADDR override the configured address.
+    for name in ("CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_SSL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def agent():
+    with FakeConsulAgent(consul_service=True) as fake:
+        yield fake
+
+
+def up(name, *addresses, weight=1):
+    servers = []
+    for a in addresses:
+        host, _, port = a.rpartition(":")
+        servers.append(Server(host.strip("[]"), int(port), weight=weight))
+    return Upstream(name, tuple(servers))
+
+
+def consul_cfg(agent, **extra):
+    source = {
+        "type": "consul",
+        "address": f"127.0.0.1:{agent.port}",
+        "wait": "2s",
+        "min_interval": "50ms",
+        **extra,
+    }
+    return {"sources": [source]}
+
+
+def test_follows_registrations_and_health(make_env, agent):
+    agent.register("n1", "10.0.0.1", "web", "web-1", port=8080, tags=["dyups"])
+    agent.register("n2", "10.0.0.2", "web", "web-2", port=8080, tags=["dyups"])
+    agent.register("n3", "10.0.0.3", "other", "other-1", tags=[])  # does not opt in
+    env = make_env(2)
+    app = env.start(**consul_cfg(agent))
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.0.0.2:8080")})
+    agent.set_status("web-2", "critical")
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+    agent.register(
+        "n4", "10.0.0.4", "web", "web-4", port=8081, tags=["dyups"], service_address="10.9.0.4"
+    )
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.9.0.4:8081")})
+    # a service that opts in by meta, with its own upstream name and weights
+    agent.register(
+        "n5",
+        "10.0.0.5",
+        "api",
+        "api-1",
+        meta={"dyups-upstream": "API"},
+        weights={"Passing": 4, "Warning": 1},
+    )
+    assert env.wait_converged(
+        desired={
+            "web": up("web", "10.0.0.1:8080", "10.9.0.4:8081"),
+            "api": up("api", "10.0.0.5:8080", weight=4),
+        }
+    )
+    status = app.sources[0].status()
+    assert status["services"]["web"]["x_consul_index"] > 0
+    # opting out removes the upstream (one of two: no mass deletion)
+    agent.register("n5", "10.0.0.5", "api", "api-1", meta={})
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.9.0.4:8081")})
+
+
+def test_warning_instances_when_configured(make_env, agent):
+    agent.register(
+        "n1", "10.0.0.1", "web", "web-1", tags=["dyups"], weights={"Passing": 5, "Warning": 2}
+    )
+    agent.register(
+        "n2",
+        "10.0.0.2",
+        "web",
+        "web-2",
+        tags=["dyups"],
+        weights={"Passing": 5, "Warning": 2},
+        status="warning",
+    )
+    env = make_env(1)
+    env.start(**consul_cfg(agent, statuses=["passing", "warning"]))
+    want = Upstream("web", (Server("10.0.0.1", 8080, weight=5), Server("10.0.0.2", 8080, weight=2)))
+    assert env.wait_converged(desired={"web": want})
+
+
+def test_outage_and_empty_answers_delete_nothing(make_env, agent):
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+    agent.register("n2", "10.0.0.2", "api", "api-1", tags=["dyups"])
+    env = make_env(1)
+    app = env.start(**consul_cfg(agent))
+    want = {"web": up("web", "10.0.0.1:8080"), "api": up("api", "10.0.0.2:8080")}
+    assert env.wait_converged(desired=want)
+    # the leader-election glitch: every health query answers [] at once. With an
+    # unchanged index that is "no change" (Consul's rule); with a moved one the
+    # services are empty, and their last known servers are kept.
+    agent.empty_all(True)
+    agent.touch("web")
+    agent.touch("api")
+    assert eventually(
+        lambda: (
+            metric(app, "dyups_syncer_source_errors_total", source="consul", reason="empty_service")
+            == 2
+        )
+    )
+    assert env.converged(env.sims[0], want)
+    agent.empty_all(False)
+    agent.go_down()
+    src = app.sources[0]
+    assert eventually(lambda: not src.healthy)
+    reads = env.sims[0].stats.gets
+    assert env.sims[0].wait_until(lambda s: s.stats.gets > reads + 5, WAIT)
+    assert env.converged(env.sims[0], want) and env.sims[0].stats.deletes == 0
+    agent.come_up()
+    agent.register("n3", "10.0.0.3", "web", "web-3", tags=["dyups"])
+    want["web"] = up("web", "10.0.0.1:8080", "10.0.0.3:8080")
+    assert env.wait_converged(desired=want)
+    assert eventually(lambda: src.healthy)
+
+
+def test_index_going_backwards_resets_and_follows(make_env, agent):
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+    env = make_env(1)
+    env.start(**consul_cfg(agent))
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+    app = env.apps[0]
+    agent.reset_index(1)  # a snapshot restore: the index goes backwards
+    assert eventually(lambda: app.sources[0].status()["services"]["web"]["x_consul_index"] <= 1)
+    agent.register("n2", "10.0.0.2", "web", "web-2", tags=["dyups"])
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.0.0.2:8080")})
+
+
+def test_unchanged_fast_answers_are_rate_limited(make_env, agent):
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+    env = make_env(1)
+    env.start(**consul_cfg(agent, min_interval="200ms"))
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+    before = agent.count(endpoint="health.service", service="web")
+    agent.answer_unchanged_fast(50)
+    # 50 instant unchanged answers: at one query per 200 ms that takes seconds, not a spin
+    assert agent.wait_for(
+        lambda: agent.count(endpoint="health.service", service="web") >= before + 5, timeout=10
+    )
+    assert agent.count(endpoint="health.service", service="web") < before + 40
+
+
+def test_bad_meta_rejects_that_service_only(make_env, agent):
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+    agent.register("n2", "10.0.0.2", "api", "api-1", tags=["dyups"])
+    env = make_env(1)
+    app = env.start(**consul_cfg(agent))
+    want = {"web": up("web", "10.0.0.1:8080"), "api": up("api", "10.0.0.2:8080")}
+    assert env.wait_converged(desired=want)
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"], meta={"dyups-weight": "abc"})
+    agent.register("n2", "10.0.0.7", "api", "api-1", tags=["dyups"])
+    want["api"] = up("api", "10.0.0.7:8080")
+    assert env.wait_converged(desired=want)
+    assert eventually(
+        lambda: (
+            metric(app, "dyups_syncer_source_rejected_total", source="consul", reason="instance")
+            == 1
+        )
+    )
+
+
+def test_acl_token_from_the_environment(make_env, monkeypatch):
+    with FakeConsulAgent(acl_tokens={"secret": None}) as agent:
+        agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", "secret")
+        env = make_env(1)
+        env.start(**consul_cfg(agent))
+        assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+        assert {r.token for r in agent.requests} == {"secret"}
