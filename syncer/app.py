@@ -174,6 +174,7 @@ class App:
         )
         self.fleet.update("static", {p.label: p for p in config.proxies.static})
         self.discovery: Any = None
+        self.consul_discovery: Any = None
         self.elector: Any = None
         self.metrics.upstreams_desired.set_function(lambda: len(self.store.current().upstreams))
         self.metrics.servers_desired.set_function(lambda: self.store.current().servers)
@@ -203,7 +204,20 @@ class App:
     def _start_kubernetes_parts(self) -> None:
         """Leader election and proxy discovery (imported only when configured)."""
         le = self.config.leader_election
-        if le.enabled:
+        if le.enabled and le.backend == "consul":
+            from syncer.consul_lock import ConsulLock
+            from syncer.sources.consul import client_from
+
+            self.elector = ConsulLock(
+                config=le,
+                client=client_from(le.consul.client),
+                metrics=self.metrics,
+                log=self.log,
+                payload=self.store.export_ownership,
+                on_payload=self.store.import_ownership,
+            )
+            self.elector.start()
+        elif le.enabled:
             from syncer.leader import LeaderElector
             from syncer.sources.kubernetes import api_client
 
@@ -228,6 +242,13 @@ class App:
                 log=self.log,
             )
             self.discovery.start()
+        if self.config.proxies.consul is not None:
+            from syncer.sources.consul_proxies import ConsulProxyDiscovery
+
+            self.consul_discovery = ConsulProxyDiscovery(
+                cfg=self.config.proxies.consul, update=self.fleet.update, log=self.log
+            )
+            self.consul_discovery.start()
 
     def _mark_dirty(self) -> None:
         if self.writer is not None:
@@ -295,8 +316,9 @@ class App:
         self.store.wake()
         for source in self.sources:
             source.stop()
-        if self.discovery is not None:
-            self.discovery.stop()
+        for discovery in (self.discovery, self.consul_discovery):
+            if discovery is not None:
+                discovery.stop()
         self.fleet.stop_all()
         if self.elector is not None:
             self.elector.stop()  # after the workers: nothing writes once the lease is released
@@ -341,8 +363,9 @@ class App:
             reasons += [
                 f"source {s.name}: first read not done" for s in self.sources if not s.synced
             ]
-        if self.discovery is not None and not self.discovery.synced:
-            reasons.append("proxy discovery: first list of pods not done")
+        for discovery in (self.discovery, self.consul_discovery):
+            if discovery is not None and not discovery.synced:
+                reasons.append("proxy discovery: first read not done")
         for w in self.workers:
             if not (w.reconciled_once.is_set() or w.up is False or w.following):
                 reasons.append(f"proxy {w.label}: not reconciled yet")

@@ -224,6 +224,29 @@ class ProxyConfig(ProxySettings):
         return parts.netloc + parts.path
 
 
+class ConsulClientConfig(_Strict):
+    """Where a Consul agent is and how to reach it."""
+
+    address: str = "127.0.0.1:8500"
+    scheme: Literal["http", "https"] = "http"
+    token: str | None = Field(default=None, repr=False)  # default: $CONSUL_HTTP_TOKEN
+    datacenter: str | None = None
+    tls: TLSConfig | None = None
+    connect_timeout: Duration = 5.0
+
+
+class ConsulProxiesConfig(ProxySettings):
+    """Discover the proxy fleet: every passing instance of a Consul service is a proxy."""
+
+    service: str = Field(min_length=1)
+    tag: str | None = None
+    # Instance meta holding the dyups_interface port; else the service's own port.
+    port_meta: str | None = "dyups-port"
+    scheme: Literal["http", "https"] = "http"
+    client: ConsulClientConfig = ConsulClientConfig()
+    wait: Duration = 300.0
+
+
 class KubernetesProxiesConfig(ProxySettings):
     """Discover the proxy fleet: every ready Pod matching the selector is a proxy."""
 
@@ -237,11 +260,14 @@ class KubernetesProxiesConfig(ProxySettings):
 class ProxiesConfig(_Strict):
     static: list[ProxyConfig] = []
     kubernetes: KubernetesProxiesConfig | None = None
+    consul: ConsulProxiesConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> ProxiesConfig:
-        if not self.static and self.kubernetes is None:
-            raise ValueError("give at least one proxy: `static` URLs or `kubernetes` discovery")
+        if not self.static and self.kubernetes is None and self.consul is None:
+            raise ValueError(
+                "give at least one proxy: `static` URLs, `kubernetes` or `consul` discovery"
+            )
         labels = [p.label for p in self.static]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
@@ -249,10 +275,28 @@ class ProxiesConfig(_Strict):
         return self
 
 
+class ConsulLockConfig(_Strict):
+    """Consul's leader-election recipe: a session-held lock on a KV key."""
+
+    key: str = "service/dyups-syncer/leader"
+    lock_delay: Duration = 15.0  # Consul's default; the key cannot be re-taken for this long
+    client: ConsulClientConfig = ConsulClientConfig()
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_./-]+", value) or value.startswith("/"):
+            raise ValueError("must be a KV path like service/dyups-syncer/leader")
+        return value
+
+
 class LeaderElectionConfig(_Strict):
-    """A coordination.k8s.io/v1 Lease: only its holder writes to proxies."""
+    """Only the leader writes to proxies: a coordination.k8s.io/v1 Lease (backend
+    kubernetes) or a Consul session lock on a KV key (backend consul)."""
 
     enabled: bool = False
+    backend: Literal["kubernetes", "consul"] = "kubernetes"
+    consul: ConsulLockConfig = ConsulLockConfig()
     lease_name: str = "dyups-syncer"
     namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "default"))
     identity: str | None = None  # default: the pod's host name plus a random suffix

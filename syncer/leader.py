@@ -10,14 +10,9 @@ follower takes over without waiting.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
-import os
-import socket
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,26 +23,10 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from syncer.config import LeaderElectionConfig
+from syncer.leadership import decode_payload, default_identity, encode_payload
 from syncer.metrics import Metrics
 
 OWNERSHIP_ANNOTATION = "dyups-syncer.io/ownership"
-
-
-def encode_payload(data: dict[str, Any]) -> str:
-    """JSON, compressed: 2,000 upstream names fit in a few KiB of annotation."""
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    return base64.b64encode(zlib.compress(raw, 9)).decode()
-
-
-def decode_payload(text: str) -> dict[str, Any]:
-    data = json.loads(zlib.decompress(base64.b64decode(text, validate=True)))
-    if not isinstance(data, dict):
-        raise ValueError("ownership annotation is not a JSON object")
-    return data
-
-
-def default_identity() -> str:
-    return f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 class LeaderElector:

@@ -31,6 +31,7 @@ try:  # py-consul keeps the callbacks here...
 except ImportError:  # ...python-consul2 in consul.base
     from consul.base import CB
 
+from syncer.config import ConsulClientConfig
 from syncer.metrics import Metrics
 from syncer.model import Upstream
 from syncer.sources.base import Source
@@ -426,3 +427,22 @@ class ConsulSource(Source):
                 empty_kept=sorted(self._held_empty),
             )
         return out
+
+
+def client_from(cfg: ConsulClientConfig) -> Any:
+    tls = cfg.tls
+    return make_client(
+        address=cfg.address,
+        scheme=cfg.scheme,
+        token=cfg.token,
+        datacenter=cfg.datacenter,
+        ca_file=str(tls.ca_file) if tls and tls.ca_file else None,
+        cert_file=str(tls.cert_file) if tls and tls.cert_file else None,
+        key_file=str(tls.key_file) if tls and tls.key_file else None,
+        connect_timeout=cfg.connect_timeout,
+    )
+
+
+def cb_json(*, index: bool = False) -> Any:
+    """The library's JSON callback, wherever this library keeps it."""
+    return CB.json(index=index)

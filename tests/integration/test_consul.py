@@ -187,3 +187,62 @@ def test_acl_token_from_the_environment(make_env, monkeypatch):
         env.start(**consul_cfg(agent))
         assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
         assert {r.token for r in agent.requests} == {"secret"}
+
+
+def test_proxies_discovered_through_consul(agent, tmp_path):
+    from syncer.app import App
+    from syncer.config import Config
+    from syncer.testing.dyups import DyupsSimulator
+
+    from .conftest import STATIC
+
+    sims = [DyupsSimulator(static=STATIC, read_msg_timeout=0.05).start() for _ in range(2)]
+    try:
+        agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+        agent.register(
+            "edge1",
+            "127.0.0.1",
+            "nginx",
+            "nginx-1",
+            port=80,
+            meta={"dyups-port": str(sims[0].port)},
+        )
+        cfg = Config.model_validate(
+            {
+                "sources": [{"type": "consul", "address": f"127.0.0.1:{agent.port}", "wait": "2s"}],
+                "proxies": {
+                    "consul": {
+                        "service": "nginx",
+                        "read_msg_timeout": 0.05,
+                        "wait": "2s",
+                        "client": {"address": f"127.0.0.1:{agent.port}"},
+                    }
+                },
+                "snapshot_path": str(tmp_path / "snap.json"),
+                "debounce": 0,
+                "probe_interval": 0.1,
+                "listen": "127.0.0.1:0",
+            }
+        )
+        app = App(cfg)
+        app.start(serve_http=False)
+        try:
+            assert sims[0].wait_until(lambda s: "web" in s.upstreams(0), WAIT)
+            agent.register(
+                "edge2",
+                "127.0.0.1",
+                "nginx",
+                "nginx-2",
+                port=80,
+                meta={"dyups-port": str(sims[1].port)},
+            )
+            assert sims[1].wait_until(
+                lambda s: "web" in s.upstreams(0) and "web" in s.upstreams(1), WAIT
+            )
+            agent.set_status("nginx-1", "critical")
+            assert eventually(lambda: [w.label for w in app.workers] == ["nginx-2"])
+        finally:
+            app.shutdown()
+    finally:
+        for s in sims:
+            s.stop()
