@@ -33,9 +33,9 @@ except ImportError:  # ...python-consul2 in consul.base
 
 from syncer.config import ConsulClientConfig
 from syncer.metrics import Metrics
-from syncer.model import Upstream
 from syncer.sources.base import Source
-from syncer.sources.consul_translate import Options, Rejection, build_upstream
+from syncer.sources.consul_translate import Options, build_upstream
+from syncer.sources.services import ServiceUpstreams
 from syncer.state import Store
 
 ERRORS = (consul.ConsulException, requests.RequestException, OSError, ValueError, KeyError)
@@ -189,14 +189,13 @@ class ConsulSource(Source):
         if partition:
             self._extra.append(("partition", partition))
         self._health_tag = health_tag
-        self.allow_empty = allow_empty
         self._clock = clock
         self._lock = threading.Condition()
         self._watchers: dict[str, tuple[BlockingQuery, threading.Event, threading.Thread]] = {}
-        self._upstreams: dict[str, Upstream] = {}  # consul service → upstream
         self._pending: dict[str, float] = {}
-        self._rejected: dict[str, Rejection] = {}
-        self._held_empty: set[str] = set()
+        self.table = ServiceUpstreams(
+            source=name, metrics=metrics, log=self.log, allow_empty=allow_empty
+        )
         self._entries: dict[str, list[Any]] = {}
         self._catalog: BlockingQuery | None = None
 
@@ -316,85 +315,22 @@ class ConsulSource(Source):
             if not self._pending and not first:
                 return
             pending, self._pending = self._pending, {}
-            keys = set(self._watchers) | set(self._upstreams) if first else set(pending)
+            keys = set(self._watchers) | set(self.table.upstreams) if first else set(pending)
             changed_at: dict[str, float] = {}
             for service in sorted(keys):
                 name = self._recompute(service)
                 if name is not None and service in pending:
                     changed_at[name] = pending[service]
-            upstreams = {u.name: u for u in self._upstreams.values()}
-            collisions = self._collisions(upstreams)
-        for service, name in collisions:
-            self._reject(
-                Rejection(
-                    service,
-                    "name_collision",
-                    "dyups-upstream",
-                    f"upstream name {name!r} is used by another service",
-                )
-            )
+            upstreams = self.table.by_name()
         self.publish(upstreams, changed_at_by_name=changed_at)
-        self.metrics.source_empty_held.labels(self.name).set(len(self._held_empty))
-
-    def _collisions(self, upstreams: dict[str, Upstream]) -> list[tuple[str, str]]:
-        seen: dict[str, str] = {}
-        out: list[tuple[str, str]] = []
-        for service in sorted(self._upstreams):
-            name = self._upstreams[service].name
-            if name in seen:
-                out.append((service, name))
-                del self._upstreams[service]
-            else:
-                seen[name] = service
-        upstreams.clear()
-        upstreams.update({u.name: u for u in self._upstreams.values()})
-        return out
 
     def _recompute(self, service: str) -> str | None:
-        if service not in self._watchers:
-            self._upstreams.pop(service, None)
+        if service not in self._watchers:  # opted out, or deregistered everywhere
             self._entries.pop(service, None)
-            self._rejected.pop(service, None)
-            self._held_empty.discard(service)
+            self.table.drop(service)
             return None
-        result = build_upstream(service, self._entries.get(service, []), self.options)
-        previous = self._upstreams.get(service)
-        if isinstance(result, Rejection):
-            self._reject(result)
-            return previous.name if previous else None
-        if result is None:
-            if previous is None:
-                return None
-            if self.allow_empty:
-                del self._upstreams[service]
-                return None
-            if service not in self._held_empty:
-                self._held_empty.add(service)
-                self.metrics.source_errors.labels(self.name, "empty_service").inc()
-                self.log.warning(
-                    "service_empty_kept",
-                    service=service,
-                    upstream=previous.name,
-                    hint="no instance in a served health state; keeping the last known servers",
-                )
-            return previous.name
-        self._upstreams[service] = result
-        self._rejected.pop(service, None)
-        self._held_empty.discard(service)
-        return result.name
-
-    def _reject(self, rejection: Rejection) -> None:
-        if self._rejected.get(rejection.service) != rejection:
-            self._rejected[rejection.service] = rejection
-            self.metrics.source_rejected.labels(self.name, rejection.reason).inc()
-            self.log.error(
-                "service_rejected",
-                service=rejection.service,
-                reason=rejection.reason,
-                field=rejection.field,
-                error=rejection.message,
-                hint="the last good upstream of this service is kept",
-            )
+        entries = self._entries.get(service, [])
+        return self.table.update(service, build_upstream(service, entries, self.options))
 
     def _report_health(self) -> None:
         queries = [q for q, _, _ in self._watchers.values()]
@@ -414,17 +350,11 @@ class ConsulSource(Source):
         with self._lock:
             out.update(
                 catalog_index=self._catalog.index if self._catalog else None,
-                services={
-                    s: {
-                        "x_consul_index": q.index,
-                        "healthy": q.healthy,
-                        "error": q.last_error,
-                        "upstream": self._upstreams[s].name if s in self._upstreams else None,
-                    }
+                watchers={
+                    s: {"x_consul_index": q.index, "healthy": q.healthy, "error": q.last_error}
                     for s, (q, _, _) in self._watchers.items()
                 },
-                rejected={k: f"{r.field}: {r.message}" for k, r in self._rejected.items()},
-                empty_kept=sorted(self._held_empty),
+                **self.table.status(),
             )
         return out
 

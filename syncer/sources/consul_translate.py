@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncer.model import Directive, ModelError, Server, Upstream, label_value, normalize_name
+from syncer.sources.services import Rejection
 
 Entry = Mapping[str, Any]
 STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
@@ -30,14 +31,6 @@ class Options:
     statuses: tuple[str, ...] = ("passing",)
     use_consul_weights: bool = True
     zone_meta_key: str = "zone"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    service: str
-    reason: str
-    field: str
-    message: str
 
 
 def opts_in(name: str, tags: Iterable[str], options: Options) -> bool:

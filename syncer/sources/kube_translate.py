@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from syncer.model import Directive, ModelError, Server, Upstream, normalize_name
+from syncer.sources.services import Rejection
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -30,16 +31,6 @@ class Options:
     allow_fqdn: bool = False
     # "namespace/service" → (port, upstream name or "" for the default)
     static: Mapping[str, tuple[str, str]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A service that cannot become an upstream; `field` names what is wrong."""
-
-    service: str  # namespace/name
-    reason: str  # a short metric label: port_required, port_not_found, weight, name, ...
-    field: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,19 +22,17 @@ from kubernetes import config as k8s_config
 
 from syncer.config import KubernetesClientConfig
 from syncer.metrics import Metrics
-from syncer.model import Upstream
 from syncer.sources.base import Source
 from syncer.sources.kube_translate import (
     Obj,
     Options,
-    Rejection,
-    ServiceSpec,
     build_upstream,
     parse_service,
     service_of,
     trigger_time,
 )
 from syncer.sources.kube_watch import ListWatch
+from syncer.sources.services import Rejection, ServiceUpstreams
 from syncer.state import Store
 
 
@@ -73,17 +71,15 @@ class KubernetesSource(Source):
     ) -> None:
         super().__init__(name=name, store=store, metrics=metrics, log=log)
         self.options = options
-        self.allow_empty = allow_empty
         self._wall = wall
         self._lock = threading.Condition()
         self._pending: dict[str, float] = {}  # service key → when its change happened
         self._services: dict[str, Obj] = {}
         self._slices_by_service: dict[str, dict[str, Obj]] = defaultdict(dict)
         self._slice_owner: dict[str, str] = {}
-        self._upstreams: dict[str, Upstream] = {}  # service key → upstream
-        self._name_owner: dict[str, str] = {}  # upstream name → service key
-        self._rejected: dict[str, Rejection] = {}
-        self._held_empty: set[str] = set()
+        self.table = ServiceUpstreams(
+            source=name, metrics=metrics, log=self.log, allow_empty=allow_empty
+        )
         core, discovery = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
         self.watches: list[ListWatch] = []
         for ns in namespaces or [""]:
@@ -190,99 +186,32 @@ class KubernetesSource(Source):
             first = not self.synced
             if not pending and not first:
                 return
-            keys = set(self._services) | set(self._upstreams) if first else set(pending)
+            keys = set(self._services) | set(self.table.upstreams) if first else set(pending)
             changed_at: dict[str, float] = {}
             for key in sorted(keys):
                 name = self._recompute(key)
                 if name is not None and key in pending:
                     changed_at[name] = pending[key]
-            upstreams = {u.name: u for u in self._upstreams.values()}
-        self._publish(upstreams, changed_at)
+            upstreams = self.table.by_name()
+        self.publish(upstreams, changed_at_by_name=changed_at)
 
     def _recompute(self, key: str) -> str | None:
         """Update the upstream of one service; returns its name if it has one."""
         svc = self._services.get(key)
         spec = parse_service(svc, self.options) if svc is not None else None
         if spec is None:  # deleted, or no longer opted in
-            self._drop(key)
+            self.table.drop(key)
             return None
         if isinstance(spec, Rejection):
-            return self._reject(spec)
-        owner = self._name_owner.get(spec.upstream)
-        if owner is not None and owner != key and owner in self._upstreams:
-            return self._reject(
-                Rejection(
-                    key,
-                    "name_collision",
-                    f"{self.options.prefix}/upstream",
-                    f"upstream name {spec.upstream!r} is already used by service {owner}",
-                )
-            )
-        result = build_upstream(spec, self._slices_by_service.get(key, {}).values(), self.options)
-        if isinstance(result, Rejection):
-            return self._reject(result)
-        if result is None:
-            return self._empty(key, spec)
-        previous = self._upstreams.get(key)
-        if previous is not None and previous.name != result.name:
-            self._name_owner.pop(previous.name, None)
-        self._upstreams[key] = result
-        self._name_owner[result.name] = key
-        self._rejected.pop(key, None)
-        self._held_empty.discard(key)
-        return result.name
-
-    def _drop(self, key: str) -> None:
-        previous = self._upstreams.pop(key, None)
-        if previous is not None and self._name_owner.get(previous.name) == key:
-            del self._name_owner[previous.name]
-        self._rejected.pop(key, None)
-        self._held_empty.discard(key)
-
-    def _empty(self, key: str, spec: ServiceSpec) -> str | None:
-        previous = self._upstreams.get(key)
-        if previous is None:
-            return None  # nothing known yet: there is nothing to post
-        if self.allow_empty:
-            self._drop(key)
-            return None
-        if key not in self._held_empty:
-            self._held_empty.add(key)
-            self.metrics.source_errors.labels(self.name, "empty_service").inc()
-            self.log.warning(
-                "service_empty_kept",
-                service=key,
-                upstream=spec.upstream,
-                hint="no ready or serving endpoint; keeping the last known servers",
-            )
-        return previous.name
-
-    def _reject(self, rejection: Rejection) -> str | None:
-        if self._rejected.get(rejection.service) != rejection:
-            self._rejected[rejection.service] = rejection
-            self.metrics.source_rejected.labels(self.name, rejection.reason).inc()
-            self.log.error(
-                "service_rejected",
-                service=rejection.service,
-                reason=rejection.reason,
-                field=rejection.field,
-                error=rejection.message,
-                hint="the last good upstream of this service is kept",
-            )
-        previous = self._upstreams.get(rejection.service)
-        return previous.name if previous is not None else None
-
-    def _publish(self, upstreams: dict[str, Upstream], changed_at: dict[str, float]) -> None:
-        self.publish(upstreams, changed_at_by_name=changed_at)
-        self.metrics.source_empty_held.labels(self.name).set(len(self._held_empty))
+            return self.table.update(key, spec)
+        slices = self._slices_by_service.get(key, {}).values()
+        return self.table.update(key, build_upstream(spec, slices, self.options))
 
     def status(self) -> dict[str, Any]:
         out = super().status()
         with self._lock:
             out.update(
-                services_opted_in=len(self._upstreams),
-                rejected={k: f"{r.field}: {r.message}" for k, r in self._rejected.items()},
-                empty_kept=sorted(self._held_empty),
+                **self.table.status(),
                 watches={
                     f"{w.kind}": {
                         "healthy": w.healthy,

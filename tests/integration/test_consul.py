@@ -75,7 +75,7 @@ def test_follows_registrations_and_health(make_env, agent):
         }
     )
     status = app.sources[0].status()
-    assert status["services"]["web"]["x_consul_index"] > 0
+    assert status["watchers"]["web"]["x_consul_index"] > 0
     # opting out removes the upstream (one of two: no mass deletion)
     agent.register("n5", "10.0.0.5", "api", "api-1", meta={})
     assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.9.0.4:8081")})
@@ -141,7 +141,7 @@ def test_index_going_backwards_resets_and_follows(make_env, agent):
     assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
     app = env.apps[0]
     agent.reset_index(1)  # a snapshot restore: the index goes backwards
-    assert eventually(lambda: app.sources[0].status()["services"]["web"]["x_consul_index"] <= 1)
+    assert eventually(lambda: app.sources[0].status()["watchers"]["web"]["x_consul_index"] <= 1)
     agent.register("n2", "10.0.0.2", "web", "web-2", tags=["dyups"])
     assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.0.0.2:8080")})
 
