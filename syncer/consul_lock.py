@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from syncer.config import LeaderElectionConfig
-from syncer.leadership import decode_payload, default_identity, encode_payload
+from syncer.leadership import Elector, decode_payload, encode_payload
 from syncer.metrics import Metrics
 from syncer.sources.consul import ERRORS, cb_json
 
 
-class ConsulLock:
+class ConsulLock(Elector):
+    thread_name = "consul-lock"
+
     def __init__(
         self,
         *,
@@ -35,49 +36,30 @@ class ConsulLock:
         payload: Callable[[], dict[str, Any]] = dict,
         on_payload: Callable[[dict[str, Any]], None] = lambda _: None,
     ) -> None:
-        self.cfg = config
+        super().__init__(
+            config=config,
+            metrics=metrics,
+            log=log,
+            clock=clock,
+            payload=payload,
+            on_payload=on_payload,
+        )
         self.key = config.consul.key
-        self.identity = config.identity or default_identity()
         self._client = client
-        self._metrics = metrics
         self.log = log.bind(lock=self.key, identity=self.identity)
-        self._clock = clock
-        self._payload = payload
-        self._on_payload = on_payload
         self._session: str | None = None
-        self._leading = threading.Event()
-        self._last_renew = 0.0
         self._index = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        metrics.leader.set(0)
 
-    def is_leader(self) -> bool:
-        if not self._leading.is_set():
-            return False
-        if self._clock() - self._last_renew > self.cfg.renew_deadline:
-            self._lose("renew deadline passed")
-            return False
-        return True
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="consul-lock", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-        if self._session:
-            try:
-                if self._leading.is_set():
-                    self._put(f"/v1/kv/{self.key}", [("release", self._session)], self._value())
-                self._put(f"/v1/session/destroy/{self._session}", [], "")
-                self.log.info("lock_released")
-            except ERRORS as e:
-                self.log.warning("lock_release_failed", error=str(e))
-        self._leading.clear()
-        self._metrics.leader.set(0)
+    def _release(self) -> None:
+        if not self._session:
+            return
+        try:
+            if self._leading.is_set():
+                self._put(f"/v1/kv/{self.key}", [("release", self._session)], self._value())
+            self._put(f"/v1/session/destroy/{self._session}", [], "")
+            self.log.info("lock_released")
+        except ERRORS as e:
+            self.log.warning("lock_release_failed", error=str(e))
 
     # ------------------------------------------------------------------ HTTP
     def _put(self, path: str, params: list[tuple[str, str]], data: str) -> Any:
@@ -122,15 +104,10 @@ class ConsulLock:
             self._put(f"/v1/kv/{self.key}", [("acquire", self._session)], self._value())
         )
         if acquired:
-            self._last_renew = self._clock()
-            if not self._leading.is_set():
-                self._leading.set()
-                self._metrics.leader.set(1)
-                self.log.info("leader_elected")
+            self._renewed()
             self._stop.wait(self.cfg.retry_period)
             return
-        if self._leading.is_set():
-            self._lose("lock held by another session")
+        self._lose("lock held by another session")
         self._follow()
 
     def _renew(self) -> bool:
@@ -163,9 +140,3 @@ class ConsulLock:
             self._on_payload(decode_payload(value["ownership"]))
         except (ValueError, KeyError, TypeError) as e:
             self.log.warning("lock_ownership_unreadable", error=str(e))
-
-    def _lose(self, why: str) -> None:
-        if self._leading.is_set():
-            self._leading.clear()
-            self._metrics.leader.set(0)
-            self.log.warning("leadership_lost", reason=why)

@@ -11,7 +11,6 @@ follower takes over without waiting.
 from __future__ import annotations
 
 import binascii
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -23,13 +22,13 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from syncer.config import LeaderElectionConfig
-from syncer.leadership import decode_payload, default_identity, encode_payload
+from syncer.leadership import Elector, decode_payload, encode_payload
 from syncer.metrics import Metrics
 
 OWNERSHIP_ANNOTATION = "dyups-syncer.io/ownership"
 
 
-class LeaderElector:
+class LeaderElector(Elector):
     def __init__(
         self,
         *,
@@ -41,73 +40,32 @@ class LeaderElector:
         payload: Callable[[], dict[str, Any]] = dict,
         on_payload: Callable[[dict[str, Any]], None] = lambda _: None,
     ) -> None:
-        self.cfg = config
-        self.identity = config.identity or default_identity()
+        super().__init__(
+            config=config,
+            metrics=metrics,
+            log=log,
+            clock=clock,
+            payload=payload,
+            on_payload=on_payload,
+        )
         self._api = k8s.CoordinationV1Api(api)
-        self._metrics = metrics
         self.log = log.bind(lease=f"{config.namespace}/{config.lease_name}", identity=self.identity)
-        self._clock = clock
-        # The leader publishes what it owns on the lease; followers read it, so the
-        # next leader manages the same upstreams (it does not see them as foreign).
-        self._payload = payload
-        self._on_payload = on_payload
-        self._leading = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         # What we last saw of the record, and when (on our clock).
         self._observed: tuple[str, str, str] | None = None  # holder, renewTime, resourceVersion
         self._observed_at = 0.0
-        self._last_renew = 0.0
         self.transitions = 0
-        metrics.leader.set(0)
-
-    def is_leader(self) -> bool:
-        """Checked before every write: also false once the renew deadline has passed."""
-        if not self._leading.is_set():
-            return False
-        if self._clock() - self._last_renew > self.cfg.renew_deadline:
-            self._lose("renew deadline passed")
-            return False
-        return True
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=10)
-        if self._leading.is_set():
-            self._release()
-        self._leading.clear()
-        self._metrics.leader.set(0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 if self._try_acquire_or_renew():
-                    self._last_renew = self._clock()
-                    if not self._leading.is_set():
-                        self._leading.set()
-                        self._metrics.leader.set(1)
-                        self.log.info("leader_elected")
-                elif self._leading.is_set():
+                    self._renewed()
+                else:
                     self._lose("lease taken by another holder")
             except (ApiException, HTTPError, OSError) as e:
                 self.log.warning("lease_request_failed", error=str(e))
-            if (
-                self._leading.is_set()
-                and self._clock() - self._last_renew > self.cfg.renew_deadline
-            ):
-                self._lose("renew deadline passed")
+            self._check_deadline()
             self._stop.wait(self.cfg.retry_period)
-
-    def _lose(self, why: str) -> None:
-        if self._leading.is_set():
-            self._leading.clear()
-            self._metrics.leader.set(0)
-            self.log.warning("leadership_lost", reason=why)
 
     def _now(self) -> datetime:
         return datetime.now(UTC)
@@ -195,6 +153,8 @@ class LeaderElector:
 
     def _release(self) -> None:
         """Hand the lease over at once: an empty holder is free for the next candidate."""
+        if not self._leading.is_set():
+            return
         try:
             current = self._api.read_namespaced_lease(self.cfg.lease_name, self.cfg.namespace)
             spec, meta = current.spec, current.metadata
