@@ -246,3 +246,19 @@ def test_proxies_discovered_through_consul(agent, tmp_path):
     finally:
         for s in sims:
             s.stop()
+
+
+def test_a_bad_token_is_an_error_not_a_deletion(make_env, monkeypatch):
+    with FakeConsulAgent(acl_tokens={"secret": None}) as agent:
+        agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+        env = make_env(1)
+        app = env.start(**consul_cfg(agent, token="secret"))
+        assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+        app.shutdown()
+        # restarted with a wrong token: 403 ACL not found; the snapshot keeps the proxy served
+        env.sims[0].restart()
+        app2 = env.start(**consul_cfg(agent, token="wrong"))
+        assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+        src = app2.sources[0]
+        assert eventually(lambda: "ACL not found" in src.last_error)
+        assert not src.healthy and env.sims[0].stats.deletes == 0
