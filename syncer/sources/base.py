@@ -107,5 +107,18 @@ class Source(ABC):
         self.metrics.source_up.labels(self.name).set(0)
         self.metrics.source_errors.labels(self.name, reason).inc()
 
+    def report_health(self, parts: list[tuple[bool, str]], reason: str) -> None:
+        """For sources made of several loops: healthy when every loop is; an error
+        is counted once per distinct error text."""
+        healthy = bool(parts) and all(ok for ok, _ in parts)
+        errors = "; ".join(error for ok, error in parts if not ok and error)
+        if healthy:
+            if not self.healthy:
+                self.metrics.source_up.labels(self.name).set(1)
+                self.last_error = ""
+        elif errors and errors != self.last_error:
+            self.failed(reason, errors)
+        self.healthy = healthy
+
     def status(self) -> dict[str, Any]:
         return {"synced": self.synced, "healthy": self.healthy, "last_error": self.last_error}

@@ -336,14 +336,7 @@ class ConsulSource(Source):
         queries = [q for q, _, _ in self._watchers.values()]
         if self._catalog is not None:
             queries.append(self._catalog)
-        healthy = all(q.healthy for q in queries) and bool(queries)
-        if healthy != self.healthy:
-            if healthy:
-                self.metrics.source_up.labels(self.name).set(1)
-            else:
-                errors = "; ".join(q.last_error for q in queries if q.last_error)
-                self.failed("query", errors or "not answering")
-            self.healthy = healthy
+        self.report_health([(q.healthy, q.last_error) for q in queries], "query")
 
     def status(self) -> dict[str, Any]:
         out = super().status()

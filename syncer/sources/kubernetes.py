@@ -171,14 +171,10 @@ class KubernetesSource(Source):
         super().stop()
 
     def _report_health(self) -> None:
-        healthy = all(w.healthy for w in self.watches)
-        if healthy != self.healthy:
-            errors = [f"{w.kind}: {w.last_error}" for w in self.watches if not w.healthy]
-            if healthy:
-                self.metrics.source_up.labels(self.name).set(1)
-            else:
-                self.failed("watch", "; ".join(errors))
-            self.healthy = healthy
+        parts = [
+            (w.healthy, f"{w.kind}: {w.last_error}" if w.last_error else "") for w in self.watches
+        ]
+        self.report_health(parts, "watch")
 
     def _process(self) -> None:
         with self._lock:
