@@ -170,6 +170,9 @@ class ProxyWorker:
         if not self._may_write():
             if not self.following:
                 self.log.info("following", hint="another replica holds the lease")
+                # A follower knows nothing current of the proxy: drop its series
+                # rather than export stale ones (proxy_up, breaker_open, ...).
+                self.m.forget_proxy(self.label)
             self.following, self._cache = True, None  # re-read everything once leading
             self._next_probe = self._clock() + self.s.probe_interval
             self._wait(self.store.current().version)
