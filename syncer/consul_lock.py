@@ -100,9 +100,15 @@ class ConsulLock(Elector):
             self._lose("session expired")
             self._session = None
             return
-        acquired = bool(
-            self._put(f"/v1/kv/{self.key}", [("acquire", self._session)], self._value())
-        )
+        try:
+            answer = self._put(f"/v1/kv/{self.key}", [("acquire", self._session)], self._value())
+        except ERRORS as e:
+            if "invalid session" in str(e):  # it expired between renew and acquire
+                self._session = None
+                self._lose("session expired")
+                return
+            raise
+        acquired = answer is True
         if acquired:
             self._renewed()
             self._stop.wait(self.cfg.retry_period)

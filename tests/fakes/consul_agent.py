@@ -84,23 +84,107 @@ refused for a missing permission: results the token may not read are filtered ou
 (with `X-Consul-Results-Filtered-By-ACLs: true` for a non-anonymous token); a request
 without a token uses the anonymous token (`anonymous_rules`, default: nothing, as
 `default_policy = "deny"`). To see a 403 `Permission denied` use `fail_next(status=403)`.
+KV and session endpoints have rules of their own, see below.
+
+**KV store and sessions**, what client-side leader election needs
+(https://developer.hashicorp.com/consul/api-docs/kv, .../api-docs/session, the contract
+in https://developer.hashicorp.com/consul/docs/dynamic-app-config/sessions and the
+recipe in .../dynamic-app-config/sessions/application-leader-election). Each datacenter
+(and namespace/partition) has its own store:
+
+* `PUT /v1/session/create`, a JSON body whose keys match case-insensitively (as Go
+  decodes them; both Python libraries send `name`, `ttl`, `lockdelay`...): `Name`,
+  `Node` (default: the agent's node, `node_name`, which always exists), `LockDelay` (a
+  Go duration, or a number of ns; under 1000 ns it is taken as seconds, as agent/
+  session_endpoint.go's FixupLockDelay does; default 15s), `Behavior` (`release`, the
+  default, or `delete`), `TTL` (a Go duration; "" or 0: none), `Checks`/`NodeChecks`
+  (node check IDs: `serfHealth`, the default that any given `Checks` replaces, or
+  `service:<id>`), `ServiceChecks` (`[{"ID": ...}]`) → `{"ID": "<uuid4>"}`. Errors are
+  500s with the server's words: `Invalid Behavior setting 'x'`, `Session TTL 'x'
+  invalid: ...`, `Invalid Session TTL '5000000000', must be between [10s=24h0m0s]`
+  (`session_ttl_min`, default 10 s), `Missing node registration`, `Missing check 'x'
+  registration`, `Check 'x' is in critical state`; a body that does not decode: 400
+  `Request decode failed: ...`.
+* `PUT /v1/session/renew/<id>` → `[session]` (the TTL timer restarts); an unknown,
+  destroyed or expired session: 404 `Session id '<id>' not found`.
+* `PUT /v1/session/destroy/<id>` → `true`, also for an unknown ID (idempotent).
+* `GET /v1/session/info/<id>` → `[session]`, or `[]` when there is none (never 404);
+  `GET /v1/session/list`, `GET /v1/session/node/<node>`. They block on the sessions
+  table index, which moves on create and invalidation (not on renew). A session:
+  `ID`, `Name`, `Node`, `LockDelay` (ns), `Behavior`, `TTL` (as given), `NodeChecks`,
+  `ServiceChecks`, `Checks` (only if given and not just serfHealth, as 1.7+ does),
+  `CreateIndex`, `ModifyIndex`.
+* `GET /v1/kv/<key>` → `[{"LockIndex", "Key", "Flags", "Value" (base64; null when
+  empty), "Session" (only while locked), "CreateIndex", "ModifyIndex"}]`, or 404 with
+  an empty body (index headers still sent) when absent; `?raw`: the value itself, as
+  `text/plain`. X-Consul-Index is the key's ModifyIndex; for an absent key the KV
+  table index, which moves on every KV write - so a blocking query on an absent key
+  wakes on any KV write, as agent/consul/kvs_endpoint.go's does.
+* `PUT /v1/kv/<key>` (body: the value, at most 512 KiB, else 413) → `true`/`false`:
+  plain (always `true`), `?flags=`, `?cas=<index>` (0: only if absent; else only if
+  the ModifyIndex matches), `?acquire=<session>`, `?release=<session>` (more than one
+  of cas/acquire/release: 400 `Conflicting flags: ...`).
+* `DELETE /v1/kv/<key>` → `true`; with `?cas=`, whether it deleted (an absent key:
+  `true`; `cas=0` never deletes).
+
+Locks (agent/consul/state/kvs.go, kvs_endpoint.go): an acquire succeeds when nobody
+holds the key (`LockIndex` + 1, `Session` set, value and flags written; a missing key
+is created) or the same session does (value written, `LockIndex` unchanged); while
+another session holds it: `false`. An unknown session: 500 `invalid session "<id>"`.
+A release by the holder clears `Session` (not `LockIndex`) and, as on a real agent,
+stores the request body as the value (a release without a body empties it); by anyone
+else: `false`. A plain PUT or DELETE ignores locks (they are advisory). A session is
+invalidated when destroyed, when its TTL runs out, by `expire_session`, when its node
+is deregistered, or when one of its checks goes critical or away (`set_node_health`,
+`set_status`, `deregister`...: in that same write). Its keys are then released
+(`release`: `Session` cleared, `ModifyIndex` moves) or deleted (`delete`), and each
+starts its lock-delay (capped at 60 s): until it ends, an acquire answers `false`
+even for a free key (checked before the session, as the leader does). A release
+starts no lock-delay. Unchanged writes (same value, flags and holder) write nothing.
+
+**Session time**: TTLs and lock-delays run on the fake's clock, `clock()` (default
+`time.monotonic`) plus everything `advance(seconds)` added. `clock=lambda: 0.0` stops
+it, so that only `advance` moves it: deterministic tests with real (10 s and up) TTLs.
+With a moving clock an expiry is applied by the next request or control call, and
+within 50 ms by a blocked query. A session expires `session_ttl_multiplier` × TTL after
+its creation or last renew: 2 by default, as Consul's leader does it (agent/consul/
+session_ttl.go, `SessionTTLMultiplier`; the doc only promises "not before the TTL" and
+warns sessions "may not be reaped for up to double this TTL"); 1 expires exactly at
+the TTL. An expiry is one write per session, dated when its timer fired (its keys'
+lock-delays start then). Without a known leader nothing expires and writes are 500
+`No cluster leader`; `set_leader(True)` restarts every TTL, as a leader failover does.
+
+**KV and session ACLs**: `kv_rules={secret: key prefixes or None}` gives a token
+`key_prefix "<p>" { policy = "write" }` for each prefix (None: every key) and, if it
+has any, `session_prefix "" { policy = "write" }`, what the leader-election guide asks
+for. A token of `acl_tokens` missing from `kv_rules` gets every key and session if its
+service rules are None (a management token), nothing otherwise; `kv_rules` tokens are
+known tokens too. Without a token: `anonymous_kv_rules` (default: nothing). A missing
+permission is 403 `Permission denied: token with AccessorID '<id>' lacks permission
+'key:write' on "<key>"` for KV reads and writes and session writes; session reads are
+filtered instead.
 
 Test controls (all thread-safe; every request and state change notifies `wait_for`):
 `register`, `deregister`, `deregister_node`, `set_status`, `set_node_health`,
 `set_node_address`, `touch`, `index`, `service_index`, `services_index`, `instances`,
+KV and sessions `kv_put`, `kv_delete`, `kv_entry`, `kv_index`, `create_session`,
+`expire_session`, `session_info`, `sessions`, `lock_delay_remaining`, `advance`, `now`,
 faults `reset_index`, `return_empty_once`, `empty_all`, `answer_unchanged_fast`,
-`fail_next`, `set_leader`, `go_down`/`come_up`, `hang`; observation `requests`,
-`count`, `request_counts`, `open_blocking`, `open_blocking_queries`, `generation`,
-`wait_for`.
+`fail_next`, `set_leader`, `go_down`/`come_up`, `hang` (faults apply to every endpoint;
+a write answered by `fail_next` writes nothing); observation `requests`, `count`,
+`request_counts`, `open_blocking`, `open_blocking_queries`, `generation`, `wait_for`.
 
 Departures from a real agent, on purpose: one index for every datacenter (a real one
-has an index per datacenter), no writes over HTTP (tests write with the controls), no
-agent endpoints, no node-level ACL rules, no gzip, no streaming backend, no
-`X-Consul-ContentHash` (hash-based) blocking, `near` does not sort.
+has an index per datacenter), no catalog writes over HTTP (tests write with the
+controls), no agent endpoints, no node-level ACL rules, no gzip, no streaming backend,
+no `X-Consul-ContentHash` (hash-based) blocking, `near` does not sort, no KV
+`recurse`/`keys`/`separator` (500 with "fake consul agent:"), no `/v1/txn`, session IDs
+are not checked to be UUIDs, no prepared queries to clean up on invalidation.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import random
@@ -109,12 +193,13 @@ import select
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote_plus, unquote, urlsplit
 
 from tests.fakes import consul_objects as co
 
@@ -127,8 +212,19 @@ MAX_QUERY_TIME = 600.0  # seconds, Consul's max_query_time
 JITTER_FRACTION = 16  # structs.JitterFraction
 LEADER_ADDRESS = "127.0.0.1:8300"
 
+# Sessions and KV (agent/structs, agent/consul/config.go, agent/config defaults).
+SESSION_TTL_MULTIPLIER = 2.0  # structs.SessionTTLMultiplier: a TTL timer runs 2 × TTL
+SESSION_TTL_MIN = 10.0  # seconds, session_ttl_min
+SESSION_TTL_MAX = 86400.0  # seconds, structs.SessionTTLMax
+DEFAULT_LOCK_DELAY = 15.0  # seconds
+MAX_LOCK_DELAY = 60.0  # seconds, structs.MaxLockDelay
+KV_MAX_VALUE_SIZE = 512 * 1024  # bytes, kv_max_value_size
+AGENT_NODE = "consul-server-1"
+ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+
 _POLL = 0.05  # how often an idle blocked query checks whether its client went away
 _DEFAULT = "default"
+_ACCESSOR_NS = uuid.UUID("3c2d5f0e-8a4b-4c1e-9f7d-2b6a1e0c9d44")
 
 # Bodies a real agent sends for some statuses; fail_next uses them unless told otherwise.
 FAULT_BODIES = {
@@ -185,6 +281,35 @@ def parse_go_duration(text: str) -> float:
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
     return sign * total
+
+
+def format_go_duration(seconds: float) -> str:
+    """A duration as Go's `time.Duration.String()` writes it: "10s", "1m30s", "24h0m0s",
+    "1.5s", "500ms"."""
+    ns = round(seconds * 1e9)
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns == 0:
+        return "0s"
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return f"{sign}{_decimal(ns, size)}{unit}"
+    whole, frac = divmod(ns, 1_000_000_000)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = f"{hours}h" if hours else ""
+    if hours or minutes:
+        out += f"{minutes}m"
+    return f"{sign}{out}{_decimal(secs * 1_000_000_000 + frac, 1_000_000_000)}s"
+
+
+def _decimal(value: int, unit: int) -> str:
+    whole, frac = divmod(value, unit)
+    if not frac:
+        return str(whole)
+    digits = len(str(unit)) - 1
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")
 
 
 # --- filter expressions (a go-bexpr subset) --------------------------------------------
@@ -507,16 +632,59 @@ class _Instance:
         return (self.dc, self.partition, self.node, self.namespace, self.id)
 
 
+@dataclass
+class _Session:
+    dc: str
+    partition: str
+    namespace: str
+    id: str
+    name: str
+    node: str
+    lock_delay: float  # seconds
+    behavior: str
+    ttl: str  # as given; "" for none
+    ttl_seconds: float  # 0: no TTL
+    node_checks: tuple[str, ...]
+    service_checks: tuple[tuple[str, str], ...]  # (check ID, namespace)
+    legacy_checks: tuple[str, ...]  # `Checks` as given, shown unless just serfHealth
+    create_index: int
+    modify_index: int
+    deadline: float | None  # on the fake's clock; None: no TTL
+
+    @property
+    def check_ids(self) -> tuple[str, ...]:
+        return self.node_checks + tuple(cid for cid, _ in self.service_checks)
+
+
+KVKey = tuple[str, str, str, str]  # (dc, partition, namespace, key)
+
+
+@dataclass
+class _KVEntry:
+    dc: str
+    partition: str
+    namespace: str
+    key: str
+    value: bytes
+    flags: int
+    session: str  # "" when not locked
+    lock_index: int
+    create_index: int
+    modify_index: int
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the fake saw it.
 
     `endpoint` is "catalog.services", "catalog.service", "health.service",
-    "status.leader" or "unknown"; `query` keeps every value of repeated parameters
-    (`param(name)` gives the last). `status` 0 means never answered (the connection was
-    cut or the client went away). `outcome`: "immediate", "changed", "timeout",
-    "abandoned" (reset_index), "fast" (answer_unchanged_fast), "empty", "fault",
-    "error", "cut", "gone"."""
+    "status.leader", "kv", "session.create", "session.renew", "session.destroy",
+    "session.info", "session.list", "session.node" or "unknown"; `service` is the name
+    in the path: a service, a KV key, a session ID or a node. `query` keeps every value
+    of repeated parameters (`param(name)` gives the last); `body` is what was sent.
+    `status` 0 means never answered (the connection was cut or the client went away).
+    `outcome`: "immediate", "changed", "timeout", "abandoned" (reset_index), "fast"
+    (answer_unchanged_fast), "empty", "fault", "error", "cut", "gone"."""
 
     method: str
     path: str
@@ -534,6 +702,7 @@ class RecordedRequest:
     status: int
     response_index: int | None
     outcome: str
+    body: bytes = b""
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -579,6 +748,7 @@ class _Query:
     min_index: int
     wait: float | None
     params: dict[str, list[str]] = field(default_factory=dict)
+    kv_rules: Rules = None  # key prefixes the token may read and write; None: every key
 
 
 class FakeConsulAgent:
@@ -589,7 +759,13 @@ class FakeConsulAgent:
     `go_down()`/`come_up()` the same port serves again with the same state.
 
     `consul_service=True` registers, like every real cluster, the `consul` service on a
-    server node (`consul-server-1`, 127.0.0.1:8300): it shows in `/v1/catalog/services`.
+    server node (`node_name`, 127.0.0.1:8300): it shows in `/v1/catalog/services`.
+    `node_name` is also the agent's own node, where sessions go by default (it exists
+    for them, passing serfHealth, even unregistered: an agent registers itself).
+
+    Sessions and KV: `clock` (seconds, monotonic) and `advance` drive TTLs and
+    lock-delays; `session_ttl_multiplier`, `session_ttl_min`, `kv_rules` and
+    `anonymous_kv_rules` as in the module doc.
     """
 
     def __init__(
@@ -607,17 +783,39 @@ class FakeConsulAgent:
         jitter: bool = False,
         nil_for_empty: bool = False,
         initial_index: int = 0,
+        node_name: str = AGENT_NODE,
+        kv_rules: Mapping[str, Iterable[str] | None] | None = None,
+        anonymous_kv_rules: Iterable[str] | None = (),
+        clock: Callable[[], float] = time.monotonic,
+        session_ttl_multiplier: float = SESSION_TTL_MULTIPLIER,
+        session_ttl_min: float = SESSION_TTL_MIN,
     ) -> None:
         self._cond = threading.Condition(threading.RLock())
         self.datacenter = datacenter
         self._datacenters = {datacenter, *datacenters}
         self.enterprise = enterprise
-        self._acl: dict[str, Rules] | None = (
-            None
-            if acl_tokens is None
-            else {tok: (None if r is None else tuple(r)) for tok, r in acl_tokens.items()}
-        )
+        self.node_name = node_name
+        self._kv_acl: dict[str, Rules] = {
+            tok: (None if r is None else tuple(r)) for tok, r in (kv_rules or {}).items()
+        }
+        self._acl: dict[str, Rules] | None = None
+        if acl_tokens is not None or kv_rules is not None:
+            self._acl = {
+                tok: (None if r is None else tuple(r)) for tok, r in (acl_tokens or {}).items()
+            }
+            for tok in self._kv_acl:
+                self._acl.setdefault(tok, ())
         self._anonymous: Rules = None if anonymous_rules is None else tuple(anonymous_rules)
+        self._anonymous_kv: Rules = (
+            None if anonymous_kv_rules is None else tuple(anonymous_kv_rules)
+        )
+        self._clock = clock
+        self._clock_offset = 0.0
+        self.session_ttl_multiplier = session_ttl_multiplier
+        self.session_ttl_min = session_ttl_min
+        self._sessions: dict[str, _Session] = {}
+        self._kv: dict[KVKey, _KVEntry] = {}
+        self._lock_delays: dict[KVKey, float] = {}  # key → end of its lock-delay
         self.default_query_time = default_query_time
         self.max_query_time = max_query_time
         self.jitter = jitter
@@ -649,7 +847,7 @@ class FakeConsulAgent:
         self._epoch = 0
         self._started = False
         if consul_service:
-            self.register("consul-server-1", "127.0.0.1", "consul", port=8300, dc=datacenter)
+            self.register(node_name, "127.0.0.1", "consul", port=8300, dc=datacenter)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -850,6 +1048,7 @@ class FakeConsulAgent:
                     inst.check_modify = idx
                     self._bump(dc, partition, "checks", idx)
                     self._bump_service(inst, idx)
+            self._revalidate_sessions(dc, partition, node, idx)
             self._changed()
             return idx
 
@@ -870,6 +1069,7 @@ class FakeConsulAgent:
             )
             idx = self._next()
             self._remove_instance(inst, idx)
+            self._revalidate_sessions(inst.dc, inst.partition, inst.node, idx)
             self._changed()
             return idx
 
@@ -893,6 +1093,7 @@ class FakeConsulAgent:
             del self._nodes[(dc, partition, node)]
             self._bump(dc, partition, "nodes", idx)
             self._bump(dc, partition, "checks", idx)
+            self._revalidate_sessions(dc, partition, node, idx, node_gone=True)
             self._changed()
             return idx
 
@@ -921,6 +1122,7 @@ class FakeConsulAgent:
             inst.status, inst.output, inst.check_modify = status, new_output, idx
             self._bump(inst.dc, inst.partition, "checks", idx)
             self._bump_service(inst, idx)
+            self._revalidate_sessions(inst.dc, inst.partition, inst.node, idx)
             self._changed()
             return idx
 
@@ -938,6 +1140,7 @@ class FakeConsulAgent:
             n.serf_status, n.serf_modify = status, idx
             self._bump(n.dc, n.partition, "checks", idx)
             self._bump_node_services(n, idx)
+            self._revalidate_sessions(n.dc, n.partition, n.name, idx)
             self._changed()
             return idx
 
@@ -977,6 +1180,162 @@ class FakeConsulAgent:
             self._tables[(dc, partition, "service", namespace, service)] = idx
             self._changed()
             return idx
+
+    # --- KV and session controls --------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """The fake's clock (seconds): `clock()` plus everything `advance` added."""
+        with self._cond:
+            return self._clock() + self._clock_offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the fake's clock forward. Sessions whose TTL timer ran out are
+        invalidated at once, each in its own write dated when its timer fired."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        with self._cond:
+            self._clock_offset += seconds
+            self._reap_sessions()
+            self._changed()
+
+    def create_session(
+        self,
+        name: str = "",
+        *,
+        node: str | None = None,
+        ttl: float | str | None = None,
+        behavior: str = "release",
+        lock_delay: float | str = DEFAULT_LOCK_DELAY,
+        checks: Iterable[str] = (co.SERF_CHECK_ID,),
+        dc: str | None = None,
+        namespace: str = _DEFAULT,
+        partition: str = _DEFAULT,
+    ) -> str:
+        """Create a session as `PUT /v1/session/create` would (seconds or Go durations
+        for `ttl` and `lock_delay`); returns its ID. What the endpoint would refuse
+        raises `ConsulHTTPError` with the status and body it would answer."""
+        spec: dict[str, Any] = {
+            "name": name,
+            "behavior": behavior,
+            "checks": list(checks),
+            "lockdelay": lock_delay
+            if isinstance(lock_delay, str)
+            else format_go_duration(lock_delay),
+        }
+        if node is not None:
+            spec["node"] = node
+        if ttl is not None:
+            spec["ttl"] = ttl if isinstance(ttl, str) else format_go_duration(ttl)
+        with self._cond:
+            self._check_tenancy(namespace, partition)
+            self._reap_sessions()
+            return self._create_session(dc or self.datacenter, partition, namespace, spec)
+
+    def expire_session(self, session_id: str) -> int:
+        """Invalidate a session now, as its TTL running out would: its keys are released
+        (or deleted) and their lock-delay starts now. KeyError if there is no such
+        session. Returns the write's index."""
+        with self._cond:
+            self._reap_sessions()
+            s = self._sessions.get(session_id)
+            if s is None:
+                raise KeyError(f"no session {session_id!r}")
+            idx = self._next()
+            self._invalidate_session(s, idx, self.now)
+            self._changed()
+            return idx
+
+    def session_info(self, session_id: str) -> JSON | None:
+        """The session as `/v1/session/info` shows it, None if there is none."""
+        with self._cond:
+            self._reap_sessions()
+            s = self._sessions.get(session_id)
+            return None if s is None else self._session_json(s)
+
+    @property
+    def sessions(self) -> list[JSON]:
+        """Every live session (all datacenters), ordered by ID."""
+        with self._cond:
+            self._reap_sessions()
+            return [self._session_json(self._sessions[sid]) for sid in sorted(self._sessions)]
+
+    def kv_put(
+        self,
+        key: str,
+        value: bytes | str = b"",
+        *,
+        flags: int = 0,
+        cas: int | None = None,
+        acquire: str | None = None,
+        release: str | None = None,
+        dc: str | None = None,
+        namespace: str = _DEFAULT,
+        partition: str = _DEFAULT,
+    ) -> bool:
+        """What `PUT /v1/kv/<key>` does (without ACLs or leader): plain, `cas`,
+        `acquire` (lock-delay included) or `release`. Returns its `true`/`false`."""
+        data = value.encode() if isinstance(value, str) else value
+        with self._cond:
+            self._check_tenancy(namespace, partition)
+            self._reap_sessions()
+            t = (dc or self.datacenter, partition, namespace, key)
+            return self._kv_put(t, data, flags, cas=cas, acquire=acquire, release=release)
+
+    def kv_delete(
+        self,
+        key: str,
+        *,
+        cas: int | None = None,
+        dc: str | None = None,
+        namespace: str = _DEFAULT,
+        partition: str = _DEFAULT,
+    ) -> bool:
+        """What `DELETE /v1/kv/<key>` does (locks are advisory: a held key goes too)."""
+        with self._cond:
+            self._reap_sessions()
+            return self._kv_delete((dc or self.datacenter, partition, namespace, key), cas)
+
+    def kv_entry(
+        self,
+        key: str,
+        *,
+        dc: str | None = None,
+        namespace: str = _DEFAULT,
+        partition: str = _DEFAULT,
+    ) -> JSON | None:
+        """The entry as `GET /v1/kv/<key>` shows it (`Value` base64), None if absent."""
+        with self._cond:
+            self._reap_sessions()
+            entry = self._kv.get((dc or self.datacenter, partition, namespace, key))
+            return None if entry is None else self._kv_json(entry)
+
+    def kv_index(
+        self,
+        key: str,
+        *,
+        dc: str | None = None,
+        namespace: str = _DEFAULT,
+        partition: str = _DEFAULT,
+    ) -> int:
+        """The X-Consul-Index `GET /v1/kv/<key>` answers now."""
+        with self._cond:
+            self._reap_sessions()
+            return max(1, self._kv_index((dc or self.datacenter, partition, namespace, key)))
+
+    def lock_delay_remaining(
+        self,
+        key: str,
+        *,
+        dc: str | None = None,
+        namespace: str = _DEFAULT,
+        partition: str = _DEFAULT,
+    ) -> float:
+        """Seconds (on the fake's clock) until `key` may be acquired again; 0 if now."""
+        with self._cond:
+            self._reap_sessions()
+            until = self._lock_delays.get((dc or self.datacenter, partition, namespace, key))
+            return 0.0 if until is None else max(0.0, until - self.now)
 
     # --- state observation -------------------------------------------------------------
 
@@ -1041,6 +1400,12 @@ class FakeConsulAgent:
                 i.modify_index = min(i.modify_index, value)
                 i.check_create = min(i.check_create, value)
                 i.check_modify = min(i.check_modify, value)
+            for s in self._sessions.values():
+                s.create_index = min(s.create_index, value)
+                s.modify_index = min(s.modify_index, value)
+            for e in self._kv.values():
+                e.create_index = min(e.create_index, value)
+                e.modify_index = min(e.modify_index, value)
             self._abandon += 1
             self._changed()
 
@@ -1090,8 +1455,14 @@ class FakeConsulAgent:
     def set_leader(self, known: bool, *, last_contact_ms: int = 0) -> None:
         """Without a known leader, default and consistent reads are 500 "No cluster
         leader"; `?stale` reads are served with `X-Consul-KnownLeader: false` and
-        `X-Consul-LastContact: last_contact_ms`."""
+        `X-Consul-LastContact: last_contact_ms`. Writes (KV, sessions) are 500 and no
+        session expires; a leader regained restarts every session's TTL, as a new
+        leader does (initializeSessionTimers)."""
         with self._cond:
+            self._reap_sessions()  # timers that fired while there was a leader
+            if known and not self._known_leader:
+                for s in self._sessions.values():
+                    self._restart_ttl(s)
             self._known_leader = known
             self._last_contact_ms = last_contact_ms
             self._changed()
@@ -1167,6 +1538,7 @@ class FakeConsulAgent:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
+                self._reap_sessions()
                 result = predicate()
                 remaining = deadline - time.monotonic()
                 if result or remaining <= 0:
@@ -1315,6 +1687,273 @@ class FakeConsulAgent:
         ]
         return co.health_entry(self._node_json(n), service_json, checks)
 
+    # --- KV and session internals (callers hold the lock) -------------------------------
+
+    def _restart_ttl(self, s: _Session) -> None:
+        if s.ttl_seconds > 0:
+            s.deadline = self.now + s.ttl_seconds * self.session_ttl_multiplier
+
+    def _reap_sessions(self) -> None:
+        """Invalidate every session whose TTL timer has fired (the leader's timers: none
+        without a known leader), one write each, in the order they fired."""
+        if not self._known_leader or not self._sessions:
+            return
+        now = self.now
+        due = sorted(
+            (s for s in self._sessions.values() if s.deadline is not None and s.deadline <= now),
+            key=lambda s: (s.deadline, s.id),
+        )
+        for s in due:
+            assert s.deadline is not None
+            self._invalidate_session(s, self._next(), s.deadline)
+        if due:
+            self._changed()
+
+    def _invalidate_session(self, s: _Session, idx: int, at: float) -> None:
+        """state/session.go deleteSessionTxn: the session goes; its keys are released or
+        deleted in the same write, and their lock-delay (capped at 60 s) starts at `at`."""
+        del self._sessions[s.id]
+        self._bump(s.dc, s.partition, "sessions", idx)
+        delay = min(s.lock_delay, MAX_LOCK_DELAY)
+        for t, entry in list(self._kv.items()):
+            if entry.session != s.id:
+                continue
+            if s.behavior == "delete":
+                del self._kv[t]
+            else:
+                entry.session, entry.modify_index = "", idx
+            self._bump(entry.dc, entry.partition, "kvs", idx)
+            if delay > 0:
+                self._lock_delays[t] = at + delay
+
+    def _revalidate_sessions(
+        self, dc: str, partition: str, node: str, idx: int, *, node_gone: bool = False
+    ) -> None:
+        """After a catalog write on `node`: invalidate (in that write) the sessions on it
+        whose node went away or one of whose checks is now critical or gone."""
+        for sid in sorted(self._sessions):
+            s = self._sessions[sid]
+            if (s.dc, s.partition, s.node) != (dc, partition, node):
+                continue
+            statuses = [self._node_check_status(dc, partition, node, c) for c in s.check_ids]
+            if node_gone or any(st is None or st == co.CRITICAL for st in statuses):
+                self._invalidate_session(s, idx, self.now)
+
+    def _node_exists(self, dc: str, partition: str, node: str) -> bool:
+        return (dc, partition, node) in self._nodes or node == self.node_name
+
+    def _node_check_status(self, dc: str, partition: str, node: str, check_id: str) -> str | None:
+        """The status of a check on a node (serfHealth or service:<id>), None if none."""
+        n = self._nodes.get((dc, partition, node))
+        if check_id == co.SERF_CHECK_ID:
+            if n is not None:
+                return n.serf_status
+            return co.PASSING if node == self.node_name else None
+        prefix = "service:"
+        if check_id.startswith(prefix):
+            for inst in self._instances.values():
+                if (inst.dc, inst.partition, inst.node) == (dc, partition, node) and (
+                    inst.id == check_id[len(prefix) :]
+                ):
+                    return inst.status
+        return None
+
+    def _create_session(self, dc: str, partition: str, namespace: str, spec: JSON) -> str:
+        """agent/consul/session_endpoint.go Apply + state/session.go sessionCreateTxn, on
+        a decoded body (lower-cased keys)."""
+        behavior = spec.get("behavior") or "release"
+        if behavior not in ("release", "delete"):
+            raise ConsulHTTPError(500, f"Invalid Behavior setting '{behavior}'")
+        ttl = spec.get("ttl") or ""
+        ttl_seconds = 0.0
+        if ttl:
+            try:
+                ttl_seconds = parse_go_duration(ttl)
+            except ValueError:
+                raise ConsulHTTPError(
+                    500, f"Session TTL '{ttl}' invalid: time: invalid duration \"{ttl}\""
+                ) from None
+            if ttl_seconds != 0 and not (self.session_ttl_min <= ttl_seconds <= SESSION_TTL_MAX):
+                raise ConsulHTTPError(
+                    500,
+                    f"Invalid Session TTL '{round(ttl_seconds * 1e9)}', must be between "
+                    f"[{format_go_duration(self.session_ttl_min)}="
+                    f"{format_go_duration(SESSION_TTL_MAX)}]",
+                )
+        lock_delay = _lock_delay_seconds(spec.get("lockdelay", DEFAULT_LOCK_DELAY * 1e9))
+        node = spec.get("node") or self.node_name
+        legacy = tuple(spec["checks"] or ()) if "checks" in spec else (co.SERF_CHECK_ID,)
+        node_checks = tuple(dict.fromkeys(legacy + tuple(spec.get("nodechecks") or ())))
+        service_checks = tuple(
+            (str(c.get("id", "")), str(c.get("namespace", "")) or namespace)
+            for c in spec.get("servicechecks") or ()
+        )
+        if not self._node_exists(dc, partition, node):
+            raise ConsulHTTPError(500, "Missing node registration")
+        for cid in node_checks + tuple(cid for cid, _ in service_checks):
+            status = self._node_check_status(dc, partition, node, cid)
+            if status is None:
+                raise ConsulHTTPError(500, f"Missing check '{cid}' registration")
+            if status == co.CRITICAL:
+                raise ConsulHTTPError(500, f"Check '{cid}' is in {status} state")
+        idx = self._next()
+        session = _Session(
+            dc=dc,
+            partition=partition,
+            namespace=namespace,
+            id=str(uuid.uuid4()),
+            name=str(spec.get("name") or ""),
+            node=node,
+            lock_delay=lock_delay,
+            behavior=behavior,
+            ttl=ttl,
+            ttl_seconds=max(ttl_seconds, 0.0),
+            node_checks=node_checks,
+            service_checks=service_checks,
+            legacy_checks=legacy,
+            create_index=idx,
+            modify_index=idx,
+            deadline=None,
+        )
+        self._restart_ttl(session)
+        self._sessions[session.id] = session
+        self._bump(dc, partition, "sessions", idx)
+        self._changed()
+        return session.id
+
+    def _session_json(self, s: _Session) -> JSON:
+        out: JSON = {
+            "ID": s.id,
+            "Name": s.name,
+            "Node": s.node,
+            "LockDelay": round(s.lock_delay * 1e9),
+            "Behavior": s.behavior,
+            "TTL": s.ttl,
+            "NodeChecks": list(s.node_checks) or None,
+            "ServiceChecks": [
+                {"ID": cid, "Namespace": ns} if self.enterprise else {"ID": cid}
+                for cid, ns in s.service_checks
+            ]
+            or None,
+        }
+        if s.legacy_checks and s.legacy_checks != (co.SERF_CHECK_ID,):
+            out["Checks"] = list(s.legacy_checks)
+        if self.enterprise:
+            out["Namespace"], out["Partition"] = s.namespace, s.partition
+        out["CreateIndex"], out["ModifyIndex"] = s.create_index, s.modify_index
+        return out
+
+    def _kv_index(self, t: KVKey) -> int:
+        """agent/consul/kvs_endpoint.go Get: the key's ModifyIndex, or the KV table index
+        (kvs and tombstones) when there is no such key."""
+        entry = self._kv.get(t)
+        if entry is not None:
+            return entry.modify_index
+        return self._tables.get((t[0], t[1], "kvs"), 0)
+
+    def _kv_json(self, entry: _KVEntry) -> JSON:
+        out: JSON = {
+            "LockIndex": entry.lock_index,
+            "Key": entry.key,
+            "Flags": entry.flags,
+            "Value": base64.b64encode(entry.value).decode() if entry.value else None,
+        }
+        if entry.session:
+            out["Session"] = entry.session
+        if self.enterprise:
+            out["Partition"], out["Namespace"] = entry.partition, entry.namespace
+        out["CreateIndex"], out["ModifyIndex"] = entry.create_index, entry.modify_index
+        return out
+
+    def _kv_write(self, t: KVKey, value: bytes, flags: int, session: str, lock_index: int) -> None:
+        """Store the new state of key `t`, in one write."""
+        idx = self._next()
+        entry = self._kv.get(t)
+        if entry is None:
+            entry = self._kv[t] = _KVEntry(
+                *t,
+                value=value,
+                flags=flags,
+                session=session,
+                lock_index=lock_index,
+                create_index=idx,
+                modify_index=idx,
+            )
+        entry.value, entry.flags, entry.session = value, flags, session
+        entry.lock_index, entry.modify_index = lock_index, idx
+        self._bump(t[0], t[1], "kvs", idx)
+        self._changed()
+
+    def _kv_put(
+        self,
+        t: KVKey,
+        value: bytes,
+        flags: int,
+        *,
+        cas: int | None = None,
+        acquire: str | None = None,
+        release: str | None = None,
+    ) -> bool:
+        """state/kvs.go kvsSetTxn/kvsSetCASTxn/kvsLockTxn/kvsUnlockTxn, with the leader's
+        lock-delay check first (kvs_endpoint.go kvsPreApply)."""
+        entry = self._kv.get(t)
+        if acquire is not None:
+            until = self._lock_delays.get(t)
+            if until is not None:
+                if until > self.now:
+                    return False
+                del self._lock_delays[t]
+            if not acquire:
+                raise ConsulHTTPError(500, "missing session")
+            s = self._sessions.get(acquire)
+            if s is None or (s.dc, s.partition) != (t[0], t[1]):
+                raise ConsulHTTPError(500, f"invalid session {json.dumps(acquire)}")
+            if entry is not None and entry.session not in ("", acquire):
+                return False  # someone else holds it
+            if entry is not None and (entry.session, entry.value, entry.flags) == (
+                acquire,
+                value,
+                flags,
+            ):
+                return True  # held already, nothing changes: nothing written
+            lock_index = 0 if entry is None else entry.lock_index
+            if entry is None or entry.session != acquire:
+                lock_index += 1  # a new holder
+            self._kv_write(t, value, flags, acquire, lock_index)
+            return True
+        if release is not None:
+            if not release:
+                raise ConsulHTTPError(500, "missing session")
+            if entry is None or entry.session != release:
+                return False
+            self._kv_write(t, value, flags, "", entry.lock_index)
+            return True
+        if cas is not None and (
+            (cas == 0 and entry is not None)
+            or (cas != 0 and (entry is None or entry.modify_index != cas))
+        ):
+            return False
+        if entry is not None and (entry.value, entry.flags) == (value, flags):
+            return True  # unchanged: nothing written
+        if entry is None:
+            self._kv_write(t, value, flags, "", 0)
+        else:
+            self._kv_write(t, value, flags, entry.session, entry.lock_index)
+        return True
+
+    def _kv_delete(self, t: KVKey, cas: int | None) -> bool:
+        """state/kvs.go kvsDeleteTxn/kvsDeleteCASTxn (an absent key is a success)."""
+        entry = self._kv.get(t)
+        if entry is None:
+            return True
+        if cas is not None and entry.modify_index != cas:
+            return False
+        idx = self._next()
+        del self._kv[t]
+        self._bump(t[0], t[1], "kvs", idx)  # the tombstone moves the table index
+        self._changed()
+        return True
+
     def _record(self, request: RecordedRequest) -> None:
         with self._cond:
             self._requests.append(request)
@@ -1362,7 +2001,7 @@ class FakeConsulAgent:
             "index": None,
             "wait": None,
         }
-        self._read_body(h)
+        request_body = base["body"] = self._read_body(h)
         epoch = h.server.epoch
 
         def finish(status: int, response_index: int | None, outcome: str) -> None:
@@ -1380,7 +2019,8 @@ class FakeConsulAgent:
         try:
             if endpoint == "unknown":
                 raise ConsulHTTPError(404, "")
-            if h.command not in ("GET", "HEAD"):
+            methods = _METHODS.get(endpoint, ("GET",))
+            if h.command not in methods and not (h.command == "HEAD" and "GET" in methods):
                 raise ConsulHTTPError(405, f"method {h.command} not allowed")
             fault = self._take_fault(path)
             if fault is not None:
@@ -1395,13 +2035,20 @@ class FakeConsulAgent:
                 return
             q = self._parse_query(endpoint, service, raw_params, h)
             base["index"] = q.min_index or None
-            code, body, extra, index, outcome = self._serve_read(h, q, epoch, base)
+            if endpoint in _CATALOG_READS:
+                code, body, extra, index, outcome = self._serve_read(h, q, epoch, base)
+            elif endpoint == "kv" and h.command in ("GET", "HEAD"):
+                code, body, extra, index, outcome = self._serve_kv_read(h, q, epoch, base)
+            elif endpoint in _SESSION_READS:
+                code, body, extra, index, outcome = self._serve_session_read(h, q, epoch, base)
+            else:
+                code, body, extra, index, outcome = self._serve_write(h.command, q, request_body)
         except ConsulHTTPError as exc:
             hdrs = _text_headers()
             if exc.meta:
                 hdrs += self._meta_headers(self._raft, "default")
             if exc.code == 405:
-                hdrs.append(("Allow", "OPTIONS,GET"))
+                hdrs.append(("Allow", ",".join(("OPTIONS", *_METHODS.get(endpoint, ("GET",))))))
             finish(exc.code, None, "error")
             _send(h, exc.code, exc.body.encode(), hdrs)
             return
@@ -1477,14 +2124,17 @@ class FakeConsulAgent:
         token, source = _token(params, h.headers)
         with self._cond:
             rules: Rules = None
+            kv_rules: Rules = None
             anonymous = not token
             if self._acl is not None:
                 if token:
                     if token not in self._acl:
                         raise ConsulHTTPError(403, "ACL not found", meta=True)
                     rules = self._acl[token]
+                    kv_rules = self._kv_acl.get(token, None if rules is None else ())
                 else:
                     rules = self._anonymous
+                    kv_rules = self._anonymous_kv
             dc = _first(params, "dc") or self.datacenter
             if dc not in self._datacenters:
                 raise ConsulHTTPError(500, "No path to datacenter")
@@ -1509,39 +2159,50 @@ class FakeConsulAgent:
             min_index=min_index,
             wait=wait,
             params=params,
+            kv_rules=kv_rules,
         )
 
     def _endpoint_index(self, q: _Query) -> int:
         if q.endpoint == "catalog.services":
             return self._tables.get((q.dc, q.partition, "services"), 0)
+        if q.endpoint == "kv":
+            return self._kv_index((q.dc, q.partition, q.namespace, q.service or ""))
+        if q.endpoint in _SESSION_READS:
+            return self._tables.get((q.dc, q.partition, "sessions"), 0)
         assert q.service is not None
         return self._service_index(q.dc, q.partition, q.namespace, q.service)
+
+    def _await_index(
+        self, h: _Handler, q: _Query, epoch: int, base: dict[str, Any]
+    ) -> tuple[str, int, _Fault | None]:
+        """(Holding the lock.) A read's leader check, then, with `?index=N`, its block.
+        Returns the outcome, the endpoint's index and, for a "fault", the fault."""
+        self._reap_sessions()
+        if not self._known_leader and q.consistency != "stale":
+            raise ConsulHTTPError(500, "No cluster leader")
+        index = self._endpoint_index(q)
+        if q.min_index <= 0 or max(index, 1) > q.min_index:
+            return "immediate", index, None
+        outcome = self._block(h, q, epoch, base)
+        if outcome in ("cut", "gone"):
+            return outcome, index, None
+        if outcome == "fault":
+            fault = self._take_fault(q.path)
+            assert fault is not None
+            return outcome, index, fault
+        if not self._known_leader and q.consistency != "stale":
+            raise ConsulHTTPError(500, "No cluster leader")
+        return outcome, self._endpoint_index(q), None
 
     def _serve_read(
         self, h: _Handler, q: _Query, epoch: int, base: dict[str, Any]
     ) -> tuple[int, bytes, list[tuple[str, str]], int | None, str]:
-        outcome = "immediate"
         with self._cond:
-            if not self._known_leader and q.consistency != "stale":
-                raise ConsulHTTPError(500, "No cluster leader")
-            index = self._endpoint_index(q)
-            if q.min_index > 0 and max(index, 1) <= q.min_index:
-                outcome = self._block(h, q, epoch, base)
-                if outcome in ("cut", "gone"):
-                    return 0, b"", [], None, outcome
-                if outcome == "fault":
-                    fault = self._take_fault(q.path)
-                    assert fault is not None
-                    return (
-                        fault.status,
-                        fault.body.encode(),
-                        _text_headers(),
-                        None,
-                        "fault",
-                    )
-                if not self._known_leader and q.consistency != "stale":
-                    raise ConsulHTTPError(500, "No cluster leader")
-                index = self._endpoint_index(q)
+            outcome, index, fault = self._await_index(h, q, epoch, base)
+            if outcome in ("cut", "gone"):
+                return 0, b"", [], None, outcome
+            if fault is not None:
+                return fault.status, fault.body.encode(), _text_headers(), None, "fault"
             empty = self._take_empty(q)
             if empty:
                 outcome = "empty"
@@ -1552,11 +2213,168 @@ class FakeConsulAgent:
                 headers.append(("X-Consul-Results-Filtered-By-ACLs", "true"))
             if "cached" in q.params:
                 headers += [("X-Cache", "MISS"), ("Age", "0")]
-        if "pretty" in q.params:
-            body = (json.dumps(payload, indent=4) + "\n").encode()
-        else:
-            body = json.dumps(payload, separators=(",", ":")).encode()
-        return 200, body, headers, max(index, 1), outcome
+        return 200, _json_body(payload, q.params), headers, max(index, 1), outcome
+
+    def _serve_kv_read(
+        self, h: _Handler, q: _Query, epoch: int, base: dict[str, Any]
+    ) -> tuple[int, bytes, list[tuple[str, str]], int | None, str]:
+        """agent/kvs_endpoint.go KVSGet (one key): 404 with index headers when absent."""
+        key = q.service or ""
+        if any(p in q.params for p in ("recurse", "keys", "separator")):
+            raise ConsulHTTPError(
+                500, "fake consul agent: ?recurse, ?keys and ?separator are not implemented"
+            )
+        if not key:
+            raise ConsulHTTPError(400, "Missing key name")
+        with self._cond:
+            if not _allowed(q.kv_rules, key):
+                raise self._denied(q, "key:read", key)
+            outcome, index, fault = self._await_index(h, q, epoch, base)
+            if outcome in ("cut", "gone"):
+                return 0, b"", [], None, outcome
+            if fault is not None:
+                return fault.status, fault.body.encode(), _text_headers(), None, "fault"
+            entry = self._kv.get((q.dc, q.partition, q.namespace, key))
+            meta = self._meta_headers(index, q.consistency)
+            payload = None if entry is None else [self._kv_json(entry)]
+        if entry is None:
+            return 404, b"", meta, max(index, 1), outcome
+        if "raw" in q.params:
+            raw_headers = [
+                ("Content-Type", "text/plain"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Content-Security-Policy", "sandbox"),
+            ]
+            return 200, entry.value, raw_headers + meta, max(index, 1), outcome
+        headers = [("Content-Type", "application/json"), *meta]
+        return 200, _json_body(payload, q.params), headers, max(index, 1), outcome
+
+    def _serve_session_read(
+        self, h: _Handler, q: _Query, epoch: int, base: dict[str, Any]
+    ) -> tuple[int, bytes, list[tuple[str, str]], int | None, str]:
+        """agent/session_endpoint.go SessionGet/SessionList/SessionsForNode: `[]` rather
+        than null, sessions the token may not read filtered out."""
+        if q.endpoint != "session.list" and not q.service:
+            missing = "Missing node name" if q.endpoint == "session.node" else "Missing session"
+            raise ConsulHTTPError(400, missing)
+        with self._cond:
+            outcome, index, fault = self._await_index(h, q, epoch, base)
+            if outcome in ("cut", "gone"):
+                return 0, b"", [], None, outcome
+            if fault is not None:
+                return fault.status, fault.body.encode(), _text_headers(), None, "fault"
+            found = []
+            for sid in sorted(self._sessions):
+                s = self._sessions[sid]
+                if (s.dc, s.partition) != (q.dc, q.partition) or q.namespace not in (
+                    "*",
+                    s.namespace,
+                ):
+                    continue
+                if q.endpoint == "session.list" or q.service == (
+                    s.id if q.endpoint == "session.info" else s.node
+                ):
+                    found.append(s)
+            filtered = bool(found) and not _may_session(q.kv_rules)
+            payload = [] if filtered else [self._session_json(s) for s in found]
+            headers = [("Content-Type", "application/json")]
+            headers += self._meta_headers(index, q.consistency)
+            if self._acl is not None and filtered and not q.anonymous:
+                headers.append(("X-Consul-Results-Filtered-By-ACLs", "true"))
+        return 200, _json_body(payload, q.params), headers, max(index, 1), outcome
+
+    def _serve_write(
+        self, method: str, q: _Query, body: bytes
+    ) -> tuple[int, bytes, list[tuple[str, str]], int | None, str]:
+        """KV PUT/DELETE and session create/renew/destroy: applied by the leader (500 `No
+        cluster leader` without one), answered with JSON and no index headers."""
+        with self._cond:
+            self._reap_sessions()
+            if q.endpoint == "kv":
+                result: Any = self._kv_request(method, q, body)
+            elif q.endpoint == "session.create":
+                spec = _session_spec(body)
+                node = spec.get("node") or self.node_name
+                self._require_leader()
+                if not _may_session(q.kv_rules):
+                    raise self._denied(q, "session:write", node)
+                result = {"ID": self._create_session(q.dc, q.partition, q.namespace, spec)}
+            else:
+                sid = q.service or ""
+                if not sid:
+                    raise ConsulHTTPError(400, "Missing session")
+                self._require_leader()
+                s = self._sessions.get(sid)
+                if s is not None and (s.dc, s.partition) != (q.dc, q.partition):
+                    s = None
+                if s is not None and not _may_session(q.kv_rules):
+                    raise self._denied(q, "session:write", s.node)
+                if q.endpoint == "session.renew":
+                    if s is None:
+                        raise ConsulHTTPError(404, f"Session id '{sid}' not found")
+                    self._restart_ttl(s)
+                    result = [self._session_json(s)]
+                else:  # destroy: idempotent
+                    if s is not None:
+                        self._invalidate_session(s, self._next(), self.now)
+                        self._changed()
+                    result = True
+        return (
+            200,
+            _json_body(result, q.params),
+            [("Content-Type", "application/json")],
+            None,
+            "immediate",
+        )
+
+    def _kv_request(self, method: str, q: _Query, body: bytes) -> bool:
+        """agent/kvs_endpoint.go KVSPut/KVSDelete, then the store."""
+        key = q.service or ""
+        params = q.params
+        if "recurse" in params:
+            raise ConsulHTTPError(500, "fake consul agent: ?recurse is not implemented")
+        if not key:
+            raise ConsulHTTPError(400, "Missing key name")
+        if method == "PUT" and sum(f in params for f in ("cas", "acquire", "release")) > 1:
+            encoded = "&".join(
+                f"{quote_plus(k)}={quote_plus(v)}" for k in sorted(params) for v in params[k]
+            )
+            raise ConsulHTTPError(400, f"Conflicting flags: {encoded}\n")
+        flags = _uint_param(params, "flags") or 0
+        cas = _uint_param(params, "cas")
+        if method == "PUT" and len(body) > KV_MAX_VALUE_SIZE:
+            raise ConsulHTTPError(
+                413,
+                f"Request body({len(body)} bytes) too large, max size: {KV_MAX_VALUE_SIZE} "
+                "bytes. See https://developer.hashicorp.com/docs/agent/config/config-files"
+                "#kv_max_value_size.",
+            )
+        self._require_leader()
+        if not _allowed(q.kv_rules, key):
+            raise self._denied(q, "key:write", key)
+        t = (q.dc, q.partition, q.namespace, key)
+        if method == "DELETE":
+            return self._kv_delete(t, cas)
+        return self._kv_put(
+            t,
+            body,
+            flags,
+            cas=cas,
+            acquire=_first(params, "acquire") if "acquire" in params else None,
+            release=_first(params, "release") if "release" in params else None,
+        )
+
+    def _require_leader(self) -> None:
+        if not self._known_leader:
+            raise ConsulHTTPError(500, "No cluster leader")
+
+    def _denied(self, q: _Query, permission: str, name: str) -> ConsulHTTPError:
+        """acl.PermissionDeniedError as Consul 1.15+ words it."""
+        return ConsulHTTPError(
+            403,
+            f"Permission denied: token with AccessorID '{_accessor(q.token)}' lacks "
+            f"permission '{permission}' on {json.dumps(name)}",
+        )
 
     def _meta_headers(self, index: int, consistency: str) -> list[tuple[str, str]]:
         effective = {"default": "leader"}.get(consistency, consistency)
@@ -1587,6 +2405,7 @@ class FakeConsulAgent:
         self._cond.notify_all()
         try:
             while True:
+                self._reap_sessions()
                 if self._epoch != epoch:
                     return "cut"
                 if self._abandon != abandon:
@@ -1601,7 +2420,7 @@ class FakeConsulAgent:
                     f.path_prefix is None or q.path.startswith(f.path_prefix) for f in self._faults
                 ):
                     return "fault"
-                if q.endpoint != "catalog.services" and (
+                if q.endpoint in ("health.service", "catalog.service") and (
                     self._empty_once.get(q.service or "", 0) > 0
                     or (self._empty_all and self._empty_epoch != empty_epoch)
                 ):
@@ -1698,13 +2517,120 @@ class FakeConsulAgent:
         return rows, filtered
 
 
+_SESSION_FIELDS = {
+    "name": ("Name", "string"),
+    "node": ("Node", "string"),
+    "behavior": ("Behavior", "structs.SessionBehavior"),
+    "ttl": ("TTL", "string"),
+    "lockdelay": ("LockDelay", "time.Duration"),
+    "checks": ("Checks", "[]types.CheckID"),
+    "nodechecks": ("NodeChecks", "[]string"),
+    "servicechecks": ("ServiceChecks", "[]structs.ServiceCheck"),
+}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "null"
+
+
+def _session_spec(body: bytes) -> JSON:
+    """A session create body decoded as Go's encoding/json would into structs.Session
+    (keys case-insensitive, unknown keys ignored): lower-cased keys. 400 otherwise."""
+    if not body.strip():
+        return {}
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise ConsulHTTPError(400, f"Request decode failed: {exc}") from None
+    if raw is None:
+        return {}  # JSON null decodes into nothing
+    if not isinstance(raw, dict):
+        raise ConsulHTTPError(
+            400,
+            f"Request decode failed: json: cannot unmarshal {_json_type(raw)} into Go value "
+            "of type structs.Session",
+        )
+    spec = {k.lower(): v for k, v in raw.items() if k.lower() in _SESSION_FIELDS}
+    for key, value in spec.items():
+        name, go_type = _SESSION_FIELDS[key]
+        if value is None:
+            continue
+        if key == "lockdelay":
+            ok = isinstance(value, str | int | float) and not isinstance(value, bool)
+        elif key in ("checks", "nodechecks"):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif key == "servicechecks":
+            ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
+            if ok:
+                spec[key] = [{k.lower(): v for k, v in c.items()} for c in value]
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ConsulHTTPError(
+                400,
+                f"Request decode failed: json: cannot unmarshal {_json_type(value)} into Go "
+                f"struct field Session.{name} of type {go_type}",
+            )
+    return spec
+
+
+def _lock_delay_seconds(value: Any) -> float:
+    """agent/session_endpoint.go FixupLockDelay: a Go duration or a number of ns, either
+    taken as seconds when under 1000 ns ("15s" → 15 s, 15 → 15 s, "0s" → 0)."""
+    if isinstance(value, str):
+        try:
+            ns = round(parse_go_duration(value) * 1e9)
+        except ValueError:
+            raise ConsulHTTPError(
+                400, f'Request decode failed: time: invalid duration "{value}"'
+            ) from None
+    else:
+        ns = value
+    return float(ns) if ns < 1000 else ns / 1e9
+
+
+def _accessor(token: str | None) -> str:
+    """A stable AccessorID for a secret (the anonymous token's well-known one)."""
+    return str(uuid.uuid5(_ACCESSOR_NS, token)) if token else ANONYMOUS_ACCESSOR
+
+
 def _check_status(status: str) -> None:
     if status not in co.STATUSES:
         raise ValueError(f"status must be one of {co.STATUSES}, not {status!r}")
 
 
-def _allowed(rules: Rules, service: str) -> bool:
-    return rules is None or any(service.startswith(prefix) for prefix in rules)
+def _allowed(rules: Rules, name: str) -> bool:
+    return rules is None or any(name.startswith(prefix) for prefix in rules)
+
+
+def _may_session(kv_rules: Rules) -> bool:
+    """session:write/read: granted to a token that may write some key (module doc)."""
+    return kv_rules is None or len(kv_rules) > 0
+
+
+def _json_body(payload: Any, params: Mapping[str, list[str]]) -> bytes:
+    """agent/http.go marshalJSON: compact, or indented with a newline for `?pretty`."""
+    if "pretty" in params:
+        return (json.dumps(payload, indent=4) + "\n").encode()
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _uint_param(params: Mapping[str, list[str]], name: str) -> int | None:
+    """A uint64 query parameter, as strconv.ParseUint reads it (the error is a 500)."""
+    if name not in params:
+        return None
+    raw = _first(params, name) or ""
+    if not raw.isdigit() or int(raw) >= 2**64:
+        raise ConsulHTTPError(500, f'strconv.ParseUint: parsing "{raw}": invalid syntax')
+    return int(raw)
 
 
 def _first(params: Mapping[str, list[str]], name: str) -> str | None:
@@ -1725,16 +2651,41 @@ def _token(params: Mapping[str, list[str]], headers: Any) -> tuple[str | None, s
     return None, None
 
 
+_CATALOG_READS = ("catalog.services", "catalog.service", "health.service")
+_SESSION_READS = ("session.info", "session.list", "session.node")
+# Methods each endpoint is registered with (agent/http_register.go); GET implies HEAD.
+_METHODS = {
+    "kv": ("GET", "PUT", "DELETE"),
+    "session.create": ("PUT",),
+    "session.renew": ("PUT",),
+    "session.destroy": ("PUT",),
+}
+
+
 def _route(path: str) -> tuple[str, str | None]:
     if path == "/v1/catalog/services":
         return "catalog.services", None
     if path == "/v1/status/leader":
         return "status.leader", None
+    if path == "/v1/session/create":
+        return "session.create", None
+    if path == "/v1/session/list":
+        return "session.list", None
     for prefix, endpoint in (
         ("/v1/health/service/", "health.service"),
         ("/v1/catalog/service/", "catalog.service"),
     ):
         if path.startswith(prefix) and len(path) > len(prefix):
+            return endpoint, path[len(prefix) :]
+    # These answer 400 for an empty name, as Consul's handlers do.
+    for prefix, endpoint in (
+        ("/v1/kv/", "kv"),
+        ("/v1/session/renew/", "session.renew"),
+        ("/v1/session/destroy/", "session.destroy"),
+        ("/v1/session/info/", "session.info"),
+        ("/v1/session/node/", "session.node"),
+    ):
+        if path.startswith(prefix):
             return endpoint, path[len(prefix) :]
     return "unknown", None
 
@@ -1821,16 +2772,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 __all__ = [
+    "AGENT_NODE",
+    "ANONYMOUS_ACCESSOR",
+    "DEFAULT_LOCK_DELAY",
     "DEFAULT_QUERY_TIME",
     "FAULT_BODIES",
     "HEALTH_SELECTORS",
+    "KV_MAX_VALUE_SIZE",
+    "MAX_LOCK_DELAY",
     "MAX_QUERY_TIME",
     "SERVICE_NODE_SELECTORS",
+    "SESSION_TTL_MAX",
+    "SESSION_TTL_MIN",
+    "SESSION_TTL_MULTIPLIER",
     "BlockingQuery",
     "ConsulHTTPError",
     "FakeConsulAgent",
     "FilterError",
     "RecordedRequest",
     "compile_filter",
+    "format_go_duration",
     "parse_go_duration",
 ]

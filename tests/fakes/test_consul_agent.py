@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,11 +22,14 @@ import requests
 
 from tests.fakes import consul_objects as co
 from tests.fakes.consul_agent import (
+    ANONYMOUS_ACCESSOR,
     HEALTH_SELECTORS,
     SERVICE_NODE_SELECTORS,
+    ConsulHTTPError,
     FakeConsulAgent,
     FilterError,
     compile_filter,
+    format_go_duration,
     parse_go_duration,
 )
 
@@ -55,6 +59,13 @@ def _no_consul_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def agent() -> Iterator[FakeConsulAgent]:
     with FakeConsulAgent() as fake:
+        yield fake
+
+
+@pytest.fixture
+def frozen() -> Iterator[FakeConsulAgent]:
+    """An agent whose clock stands still: only `advance` moves TTLs and lock-delays."""
+    with FakeConsulAgent(clock=lambda: 0.0) as fake:
         yield fake
 
 
@@ -663,6 +674,410 @@ def test_no_known_leader(agent: FakeConsulAgent) -> None:
     assert c.catalog.services()[1] == {"consul": []}
 
 
+# --- KV and sessions: the leader-election recipe -------------------------------------------
+
+KEY = "service/dyups/leader"
+
+
+def test_session_create_info_renew_destroy(frozen: FakeConsulAgent) -> None:
+    c = client(frozen)
+
+    sid = c.session.create(name="syncer-a", ttl=15, behavior="release", lock_delay=0)
+
+    record = frozen.requests[-1]
+    assert (record.method, record.endpoint, record.status) == ("PUT", "session.create", 200)
+    # Both libraries send lower-case keys (Consul decodes JSON case-insensitively) and
+    # whole seconds as Go durations; the default behavior and lock-delay are left out.
+    assert json.loads(record.body) == {"name": "syncer-a", "ttl": "15s", "lockdelay": "0s"}
+    index, info = c.session.info(sid)
+    assert info == {
+        "ID": sid,
+        "Name": "syncer-a",
+        "Node": "consul-server-1",
+        "LockDelay": 0,
+        "Behavior": "release",
+        "TTL": "15s",
+        "NodeChecks": ["serfHealth"],
+        "ServiceChecks": None,
+        "Namespace": "default",
+        "Partition": "default",
+        "CreateIndex": int(index),
+        "ModifyIndex": int(index),
+    }
+    # A renew answers the session and writes nothing.
+    assert c.session.renew(sid) == info
+    assert c.session.info(sid)[0] == index
+    assert c.session.destroy(sid) is True
+    gone_index, gone = c.session.info(sid)
+    assert gone is None and int(gone_index) > int(index)
+    with pytest.raises(consul.NotFound, match=f"Session id '{sid}' not found"):
+        c.session.renew(sid)
+    assert c.session.destroy(sid) is True  # idempotent
+
+    # Without arguments: an empty body, Consul's defaults (15 s lock-delay, no TTL).
+    plain = c.session.create()
+    assert frozen.requests[-1].body == b""
+    defaults = c.session.info(plain)[1]
+    assert (defaults["LockDelay"], defaults["TTL"], defaults["Behavior"]) == (
+        15_000_000_000,
+        "",
+        "release",
+    )
+    index, listed = c.session.list()
+    assert [s["ID"] for s in listed] == [plain]
+    assert c.session.node("consul-server-1")[1] == listed
+    assert c.session.node("elsewhere")[1] == []
+
+
+def test_acquire_and_release_between_two_sessions(frozen: FakeConsulAgent) -> None:
+    c = client(frozen)
+    a = c.session.create(name="a", ttl=15, lock_delay=0)
+    b = c.session.create(name="b", ttl=15, lock_delay=0)
+
+    assert c.kv.put(KEY, "a", acquire=a) is True
+    assert c.kv.put(KEY, "b", acquire=b) is False
+
+    index, entry = c.kv.get(KEY)
+    assert entry["Session"] == a
+    assert (entry["LockIndex"], entry["Value"], entry["Flags"]) == (1, b"a", 0)
+    assert index == str(entry["ModifyIndex"]) == str(frozen.kv_index(KEY))
+    # The holder updates the value without giving the lock up: LockIndex stays.
+    assert c.kv.put(KEY, "a2", acquire=a) is True
+    assert c.kv.get(KEY)[1]["LockIndex"] == 1
+    # Only the holder releases; the release keeps LockIndex and stores its body.
+    assert c.kv.put(KEY, "b", release=b) is False
+    assert c.kv.put(KEY, "a-done", release=a) is True
+    _, entry = c.kv.get(KEY)
+    assert "Session" not in entry
+    assert (entry["LockIndex"], entry["Value"]) == (1, b"a-done")
+    # A release starts no lock-delay: the other session gets the lock at once.
+    assert c.kv.put(KEY, "b", acquire=b) is True
+    assert c.kv.get(KEY)[1]["LockIndex"] == 2
+    # Locks are advisory: a plain write goes through and keeps the holder.
+    assert c.kv.put(KEY, "plain") is True
+    assert c.kv.get(KEY)[1]["Session"] == b
+    # A release without a value empties it, as on a real agent.
+    assert c.kv.put(KEY, None, release=b) is True
+    assert c.kv.get(KEY)[1]["Value"] is None
+    with pytest.raises(consul.ConsulException, match=r'^500 invalid session "nope"'):
+        c.kv.put(KEY, "x", acquire="nope")
+
+
+def test_ttl_expiry_releases_the_lock_and_starts_the_lock_delay(frozen: FakeConsulAgent) -> None:
+    c = client(frozen)
+    a = c.session.create(name="a", ttl=15, lock_delay=5)
+    b = c.session.create(name="b", ttl=15, lock_delay=0)
+    assert c.kv.put(KEY, "a", acquire=a)
+
+    # The TTL is a lower bound: Consul's leader invalidates after twice the TTL.
+    frozen.advance(29)
+    assert c.kv.get(KEY)[1]["Session"] == a
+    c.session.renew(a)  # t=29: a expires at 59
+    c.session.renew(b)
+    frozen.advance(29.5)
+    c.session.renew(b)
+    index, entry = c.kv.get(KEY)
+    assert entry["Session"] == a
+    call = Call(c.kv.get, KEY, index=index, wait="5s")
+    blocked(frozen, "kv", KEY)
+
+    frozen.advance(0.5)  # t=59: a's timer fires
+
+    new_index, entry = call.join()
+    assert "Session" not in entry and entry["LockIndex"] == 1
+    assert int(new_index) == entry["ModifyIndex"] > int(index)
+    assert c.session.info(a)[1] is None
+    with pytest.raises(consul.NotFound):
+        c.session.renew(a)
+    # The lock-delay runs from the invalidation: acquire is refused even on a free key.
+    assert frozen.lock_delay_remaining(KEY) == 5
+    assert c.kv.put(KEY, "b", acquire=b) is False
+    frozen.advance(4.5)
+    assert c.kv.put(KEY, "b", acquire=b) is False
+    frozen.advance(0.5)
+    assert c.kv.put(KEY, "b", acquire=b) is True
+    assert c.kv.get(KEY)[1]["LockIndex"] == 2
+
+
+def test_delete_behavior_and_expire_session(frozen: FakeConsulAgent) -> None:
+    c = client(frozen)
+    a = c.session.create(name="a", behavior="delete", lock_delay=0)
+    b = c.session.create(name="b", lock_delay=0)
+    assert frozen.requests[-2].body and json.loads(frozen.requests[-2].body)["behavior"] == "delete"
+    assert c.kv.put(KEY, "a", acquire=a)
+    index = str(frozen.kv_index(KEY))
+    call = Call(c.kv.get, KEY, index=index, wait="5s")
+    blocked(frozen, "kv", KEY)
+
+    write = frozen.expire_session(a)
+
+    # The key is gone (404: no value, the KV table's index); no lock-delay with 0.
+    assert call.join() == (str(write), None)
+    assert frozen.requests[-1].status == 404
+    assert c.kv.put(KEY, "b", acquire=b) is True
+    assert c.kv.get(KEY)[1]["LockIndex"] == 1
+    with pytest.raises(KeyError):
+        frozen.expire_session(a)
+
+
+def test_blocking_kv_get_wakes_on_its_key_only(agent: FakeConsulAgent) -> None:
+    c = client(agent)
+    sid = c.session.create(lock_delay=0)
+    c.kv.put(KEY, "v")
+    index, _ = c.kv.get(KEY)
+    call = Call(c.kv.get, KEY, index=index, wait="5s")
+    blocked(agent, "kv", KEY)
+
+    # Another key: the KV table index moves, this key's ModifyIndex does not.
+    c.kv.put("service/other", "x")
+    still_blocked_after(agent, call, "kv", KEY)
+    # Rewriting the same value writes nothing.
+    c.kv.put(KEY, "v")
+    still_blocked_after(agent, call, "kv", KEY)
+
+    assert c.kv.put(KEY, "v", acquire=sid)
+    index, entry = call.join()
+    assert entry["Session"] == sid and index == str(entry["ModifyIndex"])
+    record = agent.requests[-1]
+    assert (record.endpoint, record.service, record.outcome) == ("kv", KEY, "changed")
+
+    call = Call(c.kv.get, KEY, index=index, wait="5s")
+    blocked(agent, "kv", KEY)
+    assert c.kv.put(KEY, "v", release=sid)
+    index, entry = call.join()
+    assert "Session" not in entry and entry["Value"] == b"v"
+
+    again = c.kv.get(KEY, index=index, wait=SHORT)
+    assert again == (index, entry)
+    assert agent.requests[-1].outcome == "timeout"
+
+    # An absent key answers the KV table index, so any KV write wakes its watchers.
+    absent_index, nothing = c.kv.get("service/absent")
+    assert nothing is None and absent_index == str(agent.kv_index("service/absent"))
+    call = Call(c.kv.get, "service/absent", index=absent_index, wait="5s")
+    blocked(agent, "kv", "service/absent")
+    c.kv.put("service/other", "y")
+    assert call.join() == (str(agent.index), None)
+
+
+def test_cas_flags_raw_and_delete(agent: FakeConsulAgent) -> None:
+    c = client(agent)
+    assert c.kv.put("cfg", "1", cas=0) is True  # only if absent
+    assert c.kv.put("cfg", "2", cas=0) is False
+    _, entry = c.kv.get("cfg")
+    assert c.kv.put("cfg", "2", cas=entry["ModifyIndex"], flags=42) is True
+    assert c.kv.put("cfg", "3", cas=entry["ModifyIndex"]) is False  # stale index
+    index, entry = c.kv.get("cfg")
+    assert (entry["Value"], entry["Flags"]) == (b"2", 42)
+
+    response = c.http.get(lambda r: r, "/v1/kv/cfg", params=[("raw", "1")])
+    assert (response.code, response.body) == (200, "2")
+    assert response.headers["Content-Type"] == "text/plain"
+    assert response.headers["X-Consul-Index"] == index
+
+    with pytest.raises(consul.ConsulException, match=r"^400 Conflicting flags"):
+        c.kv.put("cfg", "x", cas=1, acquire="s")
+    assert c.kv.delete("cfg", cas=1) is False
+    assert c.kv.delete("cfg", cas=entry["ModifyIndex"]) is True
+    assert c.kv.get("cfg")[1] is None
+    assert c.kv.delete("cfg") is True  # nothing to delete is fine too
+
+    # Methods each endpoint takes (agent/http_register.go).
+    wrong = requests.get(f"{agent.url}/v1/session/create")
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, "OPTIONS,PUT")
+    wrong = requests.post(f"{agent.url}/v1/kv/cfg")
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, "OPTIONS,GET,PUT,DELETE")
+    assert requests.get(f"{agent.url}/v1/kv/").text == "Missing key name"
+
+
+def test_sessions_follow_their_node_and_checks() -> None:
+    with FakeConsulAgent(clock=lambda: 0.0) as agent:
+        agent.register("node-a", "10.0.0.1", "web", "web-1")
+        c = client(agent)
+        on_node = c.session.create(name="on-a", node="node-a", lock_delay=0)
+        with_service = c.session.create(
+            node="node-a", checks=["serfHealth", "service:web-1"], lock_delay=0
+        )
+        assert c.session.info(with_service)[1]["Checks"] == ["serfHealth", "service:web-1"]
+        assert c.kv.put(KEY, "a", acquire=on_node)
+
+        # A listed check going critical invalidates the sessions that list it...
+        agent.set_status("web-1", "critical")
+        assert c.session.info(with_service)[1] is None
+        assert c.session.info(on_node)[1] is not None
+        # ... and a failing node those on it, in the same write, releasing their locks.
+        write = agent.set_node_health("node-a", "critical")
+        _, entry = c.kv.get(KEY)
+        assert "Session" not in entry and entry["ModifyIndex"] == write
+
+        with pytest.raises(consul.ConsulException, match=r"^500 Check 'serfHealth' is in critical"):
+            c.session.create(node="node-a")
+        with pytest.raises(consul.ConsulException, match=r"^500 Missing node registration"):
+            c.session.create(node="nowhere")
+        with pytest.raises(consul.ConsulException, match=r"^500 Missing check 'service:x' regis"):
+            c.session.create(checks=["service:x"])
+        agent.set_node_health("node-a", "passing")
+        doomed = agent.create_session("doomed", node="node-a")
+        agent.deregister_node("node-a")
+        assert agent.session_info(doomed) is None
+
+        # What the libraries would not send: the raw API, as Consul answers it.
+        def create(body: Any) -> tuple[int, str]:
+            r = requests.put(f"{agent.url}/v1/session/create", data=json.dumps(body))
+            return r.status_code, r.text
+
+        assert create({"TTL": "5s"}) == (
+            500,
+            "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]",
+        )
+        assert create({"Behavior": "keep"}) == (500, "Invalid Behavior setting 'keep'")
+        assert create({"TTL": 15}) == (
+            400,
+            "Request decode failed: json: cannot unmarshal number into Go struct field "
+            "Session.TTL of type string",
+        )
+        # A bare number under 1000 (ns) is taken as seconds (FixupLockDelay).
+        status, text = create({"LockDelay": 7, "Name": "x"})
+        assert status == 200
+        assert agent.session_info(json.loads(text)["ID"])["LockDelay"] == 7_000_000_000
+        with pytest.raises(ConsulHTTPError, match="Invalid Behavior"):
+            agent.create_session(behavior="keep")
+
+
+def test_kv_and_session_acls() -> None:
+    tokens = {"mgmt": None, "web-reader": ["web"]}
+    with FakeConsulAgent(acl_tokens=tokens, kv_rules={"elector": ["service/dyups/"]}) as agent:
+        elector = client(agent, token="elector")
+        sid = elector.session.create(name="elector", lock_delay=0)
+        assert elector.kv.put(KEY, "me", acquire=sid) is True
+        assert elector.kv.get(KEY)[1]["Session"] == sid
+        with pytest.raises(
+            consul.ACLPermissionDenied, match=r"lacks permission 'key:write' on \"other\""
+        ):
+            elector.kv.put("other", "x")
+
+        # A management token may do everything; one with only service rules, nothing.
+        mgmt = client(agent, token="mgmt")
+        assert mgmt.kv.get(KEY)[1]["Session"] == sid
+        assert mgmt.session.info(sid)[1]["ID"] == sid
+        reader = client(agent, token="web-reader")
+        with pytest.raises(consul.ACLPermissionDenied, match="'key:read'"):
+            reader.kv.get(KEY)
+        with pytest.raises(consul.ACLPermissionDenied, match="'session:write'"):
+            reader.session.create()
+        # Session reads are filtered, not refused.
+        assert reader.session.info(sid)[1] is None
+        response = raw_response(reader, f"/v1/session/info/{sid}", [("token", "web-reader")])
+        assert response.headers["X-Consul-Results-Filtered-By-ACLs"] == "true"
+        with pytest.raises(consul.ACLPermissionDenied, match=ANONYMOUS_ACCESSOR):
+            client(agent).kv.put(KEY, "x", acquire=sid)
+
+        bogus = client(agent, token="bogus")
+        for call in (
+            lambda: bogus.kv.get(KEY),
+            bogus.session.create,
+            lambda: bogus.kv.put(KEY, ""),
+        ):
+            with pytest.raises(consul.ACLPermissionDenied, match="ACL not found"):
+                call()
+
+
+def test_faults_reach_kv_and_session_endpoints(agent: FakeConsulAgent) -> None:
+    c = client(agent)
+    sid = c.session.create(lock_delay=0)
+    c.kv.put(KEY, "v")
+    index, _ = c.kv.get(KEY)
+    call = Call(c.kv.get, KEY, index=index, wait="5s")
+    blocked(agent, "kv", KEY)
+
+    agent.fail_next(2, path_prefix="/v1/kv/")
+
+    with pytest.raises(consul.ConsulException, match=r"^500 No cluster leader"):
+        call.join()
+    # A faulted acquire writes nothing.
+    with pytest.raises(consul.ConsulException, match=r"^500 No cluster leader"):
+        c.kv.put(KEY, "x", acquire=sid)
+    assert "Session" not in agent.kv_entry(KEY)
+    assert c.kv.put(KEY, "x", acquire=sid) is True
+
+    # A hung agent: the renewal times out.
+    agent.hang(True)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        client(agent, timeout=0.3).session.renew(sid)
+    agent.hang(False)
+
+    # Going down cuts a blocked watch; the state (session, lock) is kept.
+    index, _ = c.kv.get(KEY)
+    call = Call(c.kv.get, KEY, index=index, wait="5s")
+    blocked(agent, "kv", KEY)
+    agent.go_down()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        call.join()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        c.session.renew(sid)
+    agent.come_up()
+    assert c.session.renew(sid)["ID"] == sid
+    assert c.kv.get(KEY)[1]["Session"] == sid
+
+
+def test_without_a_leader_nothing_expires_and_writes_fail(frozen: FakeConsulAgent) -> None:
+    c = client(frozen)
+    sid = c.session.create(ttl=15, lock_delay=0)
+    assert c.kv.put(KEY, "v", acquire=sid)
+
+    frozen.set_leader(False)
+
+    with pytest.raises(consul.ConsulException, match=r"^500 No cluster leader"):
+        c.session.renew(sid)
+    with pytest.raises(consul.ConsulException, match=r"^500 No cluster leader"):
+        c.kv.put(KEY, "x")
+    frozen.advance(100)
+    assert c.kv.get(KEY, consistency="stale")[1]["Session"] == sid
+    # A new leader restarts every TTL (t=100: expiry at 130).
+    frozen.set_leader(True)
+    frozen.advance(29)
+    assert frozen.kv_entry(KEY)["Session"] == sid
+    frozen.advance(1)
+    assert "Session" not in frozen.kv_entry(KEY)
+    assert frozen.sessions == []
+
+
+def test_a_moving_clock_expires_sessions_by_itself() -> None:
+    with FakeConsulAgent(session_ttl_min=0.1) as agent:
+        c = client(agent)
+        # Both libraries only send whole seconds, 10 and up: the raw API, 500 ms (× 2).
+        created = requests.put(
+            f"{agent.url}/v1/session/create", data=json.dumps({"TTL": "500ms", "LockDelay": "0s"})
+        )
+        sid = created.json()["ID"]
+        assert c.kv.put(KEY, "v", acquire=sid)
+        index, _ = c.kv.get(KEY)
+
+        # A blocked watch notices the expiry without any other request.
+        new_index, entry = c.kv.get(KEY, index=index, wait="5s")
+
+        assert "Session" not in entry and int(new_index) > int(index)
+        assert agent.requests[-1].outcome == "changed"
+        assert c.session.info(sid)[1] is None
+
+
+def test_kv_and_session_controls(frozen: FakeConsulAgent) -> None:
+    sid = frozen.create_session("control", ttl=10, lock_delay=2)
+    assert frozen.kv_put(KEY, "held", acquire=sid) is True
+    assert frozen.kv_entry(KEY)["Session"] == sid
+    assert [s["ID"] for s in frozen.sessions] == [sid]
+    frozen.advance(20)  # 2 × 10 s
+    assert frozen.session_info(sid) is None
+    assert frozen.lock_delay_remaining(KEY) == 2
+    other = frozen.create_session("other")
+    assert frozen.kv_put(KEY, "x", acquire=other) is False
+    frozen.advance(2)
+    assert frozen.kv_put(KEY, "x", acquire=other) is True
+    assert frozen.kv_delete(KEY) is True and frozen.kv_entry(KEY) is None
+    with pytest.raises(ValueError):
+        frozen.advance(-1)
+
+
 # --- helpers -------------------------------------------------------------------------------------
 
 
@@ -704,3 +1119,10 @@ def test_go_durations() -> None:
     for bad in ("5", "", "s", "5x"):
         with pytest.raises(ValueError):
             parse_go_duration(bad)
+    # As Go's time.Duration.String() writes them (Consul's TTL error messages use it).
+    assert format_go_duration(10) == "10s"
+    assert format_go_duration(86400) == "24h0m0s"
+    assert format_go_duration(90) == "1m30s"
+    assert format_go_duration(1.5) == "1.5s"
+    assert format_go_duration(0.25) == "250ms"
+    assert format_go_duration(0) == "0s"

@@ -262,3 +262,71 @@ def test_a_bad_token_is_an_error_not_a_deletion(make_env, monkeypatch):
         src = app2.sources[0]
         assert eventually(lambda: "ACL not found" in src.last_error)
         assert not src.healthy and env.sims[0].stats.deletes == 0
+
+
+def test_two_syncers_with_the_consul_lock_exactly_one_writes(make_env, agent):
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+    env = make_env(1)
+    le = {
+        "enabled": True,
+        "backend": "consul",
+        "lease_duration": "10s",
+        "renew_deadline": "5s",
+        "retry_period": "100ms",
+        "consul": {
+            "key": "service/dyups-syncer/leader",
+            "lock_delay": "0s",
+            "client": {"address": f"127.0.0.1:{agent.port}"},
+        },
+    }
+    a = env.start(**consul_cfg(agent), leader_election={**le, "identity": "a"})
+    b = env.start(**consul_cfg(agent), leader_election={**le, "identity": "b"})
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+    assert eventually(lambda: a.elector.is_leader() != b.elector.is_leader())
+    leader, follower = (a, b) if a.elector.is_leader() else (b, a)
+    agent.register("n2", "10.0.0.2", "web", "web-2", tags=["dyups"])
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080", "10.0.0.2:8080")})
+    assert (
+        metric(
+            follower, "dyups_syncer_requests_total", proxy="p0", method="POST", outcome="applied"
+        )
+        == 0
+    )
+    assert follower.workers[0].following
+    leader.shutdown()  # releases the lock; no lock-delay on an explicit release
+    assert eventually(lambda: follower.elector.is_leader())
+    agent.set_status("web-1", "critical")
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.2:8080")})
+    assert (
+        metric(
+            follower, "dyups_syncer_requests_total", proxy="p0", method="POST", outcome="applied"
+        )
+        >= 1
+    )
+
+
+def test_an_expired_session_is_replaced(make_env):
+    clock = [0.0]
+    with FakeConsulAgent(clock=lambda: clock[0]) as agent:
+        agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+        env = make_env(1)
+        le = {
+            "enabled": True,
+            "backend": "consul",
+            "lease_duration": "10s",
+            "renew_deadline": "5s",
+            "retry_period": "100ms",
+            "consul": {"lock_delay": "0s", "client": {"address": f"127.0.0.1:{agent.port}"}},
+        }
+        app = env.start(**consul_cfg(agent), leader_election={**le, "identity": "a"})
+        assert eventually(lambda: app.elector.is_leader())
+        for session in agent.sessions:
+            agent.expire_session(session["ID"])
+        # the lock comes back with a new session
+        assert eventually(
+            lambda: (
+                app.elector.is_leader()
+                and len(agent.sessions) == 1
+                and agent.kv_entry("service/dyups-syncer/leader")["Session"] is not None
+            )
+        )
