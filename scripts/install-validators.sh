@@ -4,6 +4,7 @@
 #
 #   promtool         Debian's `prometheus` package (check rules, test rules,
 #                    check metrics), only when `promtool` is not on PATH
+#   nginx            Debian's `nginx` package, for `nginx -t` on the dump file
 #   systemd-analyze  Debian's `systemd` package, only when missing (it is on
 #                    Debian images already)
 #   tsc + @grafana/schema
@@ -32,6 +33,8 @@ apt_packages=()
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v systemd-analyze >/dev/null 2>&1 || apt_packages+=(systemd)
 command -v npm >/dev/null 2>&1 || apt_packages+=(npm)
+# Debian's nginx: `nginx -t` checks that the dump file (an nginx include) parses.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_packages+=(nginx)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   if [ "${SUDO[0]:-}" = false ]; then
     echo "install-validators: not root and no sudo; install ${apt_packages[*]} with apt-get" >&2

@@ -72,6 +72,7 @@ def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
         # A proxy that restarted serves 502s for every dynamic upstream until it is
         # re-posted: look for it again at least every two probe intervals.
         down_backoff_max=2 * config.probe_interval,
+        dump_path=proxy.dump_path,
     )
 
 

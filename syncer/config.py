@@ -183,6 +183,10 @@ class ProxySettings(_Strict):
     basic_auth: BasicAuth | None = None
     tls: TLSConfig | None = None
     flavour: Literal["auto", "classic", "head"] = "auto"
+    # An nginx include with the upstreams last applied to this proxy, so that a
+    # restarted nginx serves them before the syncer re-posts (sidecar mode: on a
+    # volume shared with nginx).
+    dump_path: Path | None = None
     # The module's settings on this proxy: they bound how fast it may be written.
     shm_zone_size: Size = 2 * 1024 * 1024
     read_msg_timeout: Duration = 1.0

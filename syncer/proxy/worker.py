@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import tenacity
 
 from syncer.metrics import Metrics
-from syncer.model import ObservedUpstream
+from syncer.model import ObservedUpstream, Upstream
 from syncer.plan import (
     Delete,
     Mode,
@@ -33,6 +34,7 @@ from syncer.plan import (
     observed_after_post,
     plan,
 )
+from syncer.proxy.dump import DumpFile
 from syncer.proxy.dyups import (
     FIX_TRUNCATION,
     DyupsClient,
@@ -64,6 +66,7 @@ class WorkerSettings:
     retry_initial: float = 0.05
     retry_max: float = 2.0
     down_backoff_max: float = 10.0
+    dump_path: Path | None = None
 
 
 class ProxyWorker:
@@ -117,6 +120,8 @@ class ProxyWorker:
         self.last_error = ""
         self.last_plan: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
+        self._dump = DumpFile(settings.dump_path) if settings.dump_path else None
+        self._dumped: dict[str, Upstream] | None = None
         self._kick = threading.Event()
         self._kicker: threading.Thread | None = None
 
@@ -316,7 +321,29 @@ class ProxyWorker:
             self.m.last_sync.labels(self.label).set(self._wall())
         if not failed:
             self.reconciled_once.set()
+        self._write_dump(desired)
         return result
+
+    def _write_dump(self, desired: DesiredState) -> None:
+        """The upstreams as this proxy last accepted them. Only accepted bodies: one the
+        module refused could stop nginx from starting. Kept across a reload of the
+        proxy (which is exactly when the file is needed)."""
+        if self._dump is None:
+            return
+        if self._dumped is None:  # first round: what the snapshot says was applied
+            record = self.store.proxy_record(self.label)
+            self._dumped = {
+                name: u
+                for name, u in desired.upstreams.items()
+                if name in record.owned and record.applied.get(name) == body_hash(u.body)
+            }
+        try:
+            if self._dump.update(self._dumped.values()):
+                self.log.info(
+                    "dump_written", path=str(self._dump.path), upstreams=len(self._dumped)
+                )
+        except OSError as e:
+            self.log.error("dump_write_failed", path=str(self._dump.path), error=str(e))
 
     def _due(self, name: str, now: float) -> bool:
         failing = self._failing.get(name)
@@ -486,9 +513,13 @@ class ProxyWorker:
         if isinstance(change, Upsert):
             self._cache[change.name] = observed_after_post(change.upstream, head=head)
             self.store.record_applied(self.label, change.name, body_hash(change.body))
+            if self._dumped is not None:
+                self._dumped[change.name] = change.upstream
         else:
             self._cache.pop(change.name, None)
             self.store.release(self.label, [change.name])
+            if self._dumped is not None:
+                self._dumped.pop(change.name, None)
         changed_at = desired.changed_at.get(change.name)
         # Lag is measured once per source change; a later repair of the same
         # change is drift, not sync lag.

@@ -109,7 +109,17 @@ def test_sidecar_configmap_config_passes_check_config(tmp_path: Path) -> None:
     assert [p["url"] for p in config["proxies"]["static"]] == ["http://127.0.0.1:8081"]
     assert "kubernetes" not in config["proxies"]
     assert not config.get("leader_election", {}).get("enabled")
-    assert "TODO(dump-file)" in text
+    # The dump file goes to the volume nginx includes it from.
+    dump = config["proxies"]["static"][0]["dump_path"]
+    dep = one(docs, "Deployment")
+    mounts = {
+        c["name"]: {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        for c in dep["spec"]["template"]["spec"]["containers"]
+    }
+    dump_dir = str(Path(dump).parent)
+    assert {name: m.get("dump") for name, m in mounts.items()} == {n: dump_dir for n in mounts}
+    nginx_conf = "".join(one(docs, "ConfigMap", "dyups-proxy-nginx")["data"].values())
+    assert f"include {dump_dir}/*.conf;" in nginx_conf
 
 
 def test_central_deployment(central: list[dict[str, Any]]) -> None:
@@ -207,7 +217,6 @@ def test_sidecar_example(tmp_path: Path) -> None:
         ("ClusterRole", "", "services"): {"list", "watch"},
         ("ClusterRole", "", "endpointslices"): {"list", "watch"},
     }
-    assert "TODO(dump-file)" in (DEPLOY / "sidecar" / "deployment.yaml").read_text()
 
 
 def test_yaml_is_lint_clean() -> None:

@@ -314,3 +314,34 @@ def test_hand_edits_are_repaired_by_the_resync(make_env):
     assert env.wait_converged()
     assert metric(app, "dyups_syncer_drift_repairs_total", proxy="p0", reason="changed") == 1
     assert metric(app, "dyups_syncer_drift_repairs_total", proxy="p0", reason="missing") == 1
+
+
+def test_dump_file_holds_what_the_proxy_accepted(make_env):
+    env = make_env(1)
+    env.write(BASE)
+    dump = env.tmp / "dump" / "upstreams.conf"
+    sim = env.sims[0]
+    app = env.start(
+        proxies={
+            "static": [
+                {"url": sim.url, "name": "p0", "read_msg_timeout": 0.05, "dump_path": str(dump)}
+            ]
+        }
+    )
+    assert env.wait_converged()
+    assert eventually(
+        lambda: (
+            dump.exists()
+            and "upstream api {" in dump.read_text()
+            and "upstream web {" in dump.read_text()
+        )
+    )
+    # a body the module refuses never reaches the file (it could stop nginx from starting)
+    bad = Upstream("web", (Server("nowhere.invalid", 80, allow_hostname=True),))
+    app.store.publish(app.sources[0].name, {"web": bad, "api": env.desired()["api"]})
+    assert sim.wait_until(lambda s: s.stats.rejected == 1, WAIT)
+    assert "nowhere.invalid" not in dump.read_text() and "10.0.0.1:80" in dump.read_text()
+    # a reload loses the dynamic upstreams; the file keeps them for the next start
+    sim.reload()
+    assert sim.wait_until(lambda s: "api" in sim_view(s, 0), WAIT)
+    assert "upstream web {" in dump.read_text()
