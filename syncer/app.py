@@ -73,6 +73,7 @@ def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
         # re-posted: look for it again at least every two probe intervals.
         down_backoff_max=2 * config.probe_interval,
         dump_path=proxy.dump_path,
+        max_body_size=proxy.max_body_size,
     )
 
 
@@ -301,7 +302,7 @@ class App:
                 registry=self.metrics.registry,
                 healthy=self.healthy,
                 ready=self.ready,
-                state=self.state,
+                state=self.state if self.config.state_endpoint else None,
             )
             self.http.start()
         self.log.info(

@@ -196,6 +196,9 @@ class ProxySettings(_Strict):
     kick_gets: int | None = Field(default=None, ge=0, le=1024)
     connect_timeout: Duration = 2.0
     read_timeout: Duration = 5.0
+    # The proxy's client_max_body_size: a larger body is refused here (nginx would
+    # answer 413), logged and counted, never sent.
+    max_body_size: Size = 1024 * 1024
 
     @field_validator("headers")
     @classmethod
@@ -335,6 +338,9 @@ class Config(_Strict):
     allow_empty: bool = False
     verify_after_write: bool = True
     listen: str = "127.0.0.1:9105"
+    # /state shows desired upstreams and proxy addresses; turn it off where the
+    # metrics port is reachable by more than operators.
+    state_endpoint: bool = True
     log: LogConfig = LogConfig()
     leader_election: LeaderElectionConfig = LeaderElectionConfig()
 

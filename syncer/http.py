@@ -22,7 +22,7 @@ class StatusServer:
         registry: CollectorRegistry,
         healthy: Check,
         ready: Check,
-        state: Callable[[], dict[str, Any]],
+        state: Callable[[], dict[str, Any]] | None,
     ) -> None:
         server = self
 
@@ -35,7 +35,7 @@ class StatusServer:
                     ok, reasons = (healthy if path == "/healthz" else ready)()
                     text = "ok\n" if ok else "".join(f"{r}\n" for r in reasons)
                     self._send(200 if ok else 503, text.encode(), "text/plain; charset=utf-8")
-                elif path == "/state":
+                elif path == "/state" and state is not None:
                     body = json.dumps(state(), indent=2, sort_keys=True, default=str)
                     self._send(200, body.encode(), "application/json")
                 else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -25,6 +27,24 @@ class _Stderr:
         return sys.stderr.isatty()
 
 
+_SECRET_KEYS = re.compile(r"pass(word)?|token|secret|authorization|credential|api_?key", re.I)
+REDACTED = "[redacted]"
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Never log a secret, whatever passes one in: values of secret-looking keys,
+    at any depth, are replaced."""
+    return {k: _redact_value(k, v) for k, v in event.items()}
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(key, str) and _SECRET_KEYS.search(key):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redact_value(k, v) for k, v in value.items()}
+    return value
+
+
 def configure(*, level: str = "info", fmt: Format = "auto", stream: Any = None) -> None:
     stream = stream or _Stderr()
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
@@ -36,6 +56,7 @@ def configure(*, level: str = "info", fmt: Format = "auto", stream: Any = None) 
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -19,7 +19,10 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1-63 chars each.
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _META_RE = re.compile(r"[A-Za-z0-9._/-]{0,253}")
-NAME_MAX = 200  # a URI segment; far below the module's 8 KiB URI limit.
+NAME_MAX = 200
+# A body of this many servers is ~250 KiB, well inside nginx's default 1 MiB
+# client_max_body_size; more is a runaway source, not an upstream.
+MAX_SERVERS = 10_000  # a URI segment; far below the module's 8 KiB URI limit.
 SANDBOX_NAME = "_dyups_upstream_sandbox_"
 
 DEFAULT_WEIGHT = 1
@@ -229,6 +232,10 @@ class Upstream:
         servers = tuple(sorted(self.servers))
         if not servers:
             raise ModelError(f"upstream {self.name!r} has no server")
+        if len(servers) > MAX_SERVERS:
+            raise ModelError(
+                f"upstream {self.name!r} has {len(servers)} servers; at most {MAX_SERVERS}"
+            )
         if all(s.backup for s in servers):
             raise ModelError(f"upstream {self.name!r} has only backup servers")
         seen: set[str] = set()

@@ -67,6 +67,7 @@ class WorkerSettings:
     retry_max: float = 2.0
     down_backoff_max: float = 10.0
     dump_path: Path | None = None
+    max_body_size: int = 1024 * 1024
 
 
 class ProxyWorker:
@@ -448,6 +449,17 @@ class ProxyWorker:
         )
         if not self._bucket.acquire(cost, self.stop):
             return WriteResult(Outcome.UNAVAILABLE, None, "stopping", 0.0)
+        if isinstance(change, Upsert) and len(change.body) > self.s.max_body_size:
+            # nginx would answer 413: refuse it here, without a request.
+            result = WriteResult(
+                Outcome.REJECTED,
+                None,
+                "body larger than max_body_size",
+                0.0,
+                f"{len(change.body)} bytes > {self.s.max_body_size}",
+            )
+            self._log_outcome(change, result)
+            return result
         if isinstance(change, Upsert):
             method, result = "POST", self.client.upsert(change.upstream)
         else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from syncer.app import App
 from syncer.model import Server, Upstream
 from syncer.snapshot import load as load_snapshot
@@ -345,3 +347,38 @@ def test_dump_file_holds_what_the_proxy_accepted(make_env):
     sim.reload()
     assert sim.wait_until(lambda s: "api" in sim_view(s, 0), WAIT)
     assert "upstream web {" in dump.read_text()
+
+
+def test_a_body_over_the_proxy_limit_is_never_sent(make_env):
+    env = make_env(1)
+    env.write(BASE)
+    sim = env.sims[0]
+    app = env.start(
+        proxies={
+            "static": [
+                {"url": sim.url, "name": "p0", "read_msg_timeout": 0.05, "max_body_size": "1k"}
+            ]
+        }
+    )
+    assert env.wait_converged()
+    big = {"web": [f"10.0.{i // 250}.{i % 250 + 1}:80" for i in range(100)], "api": BASE["api"]}
+    env.write(big)
+    assert eventually(lambda: metric(app, "dyups_syncer_rejected_bodies_total", proxy="p0") == 1)
+    assert sim.stats.requests.get(("POST", 413), 0) == 0
+    assert len(sim.upstreams(0)["web"]) == 2  # still the last good servers
+
+
+def test_state_endpoint_can_be_turned_off(make_env):
+    import urllib.error
+    import urllib.request
+
+    env = make_env(1)
+    env.write(BASE)
+    app = App(env.config(state_endpoint=False))
+    app.start(serve_http=True)
+    env.apps.append(app)
+    host, port = app.http.address
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://{host}:{port}/state")
+    assert e.value.code == 404
+    assert urllib.request.urlopen(f"http://{host}:{port}/metrics").status == 200
