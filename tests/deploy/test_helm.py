@@ -496,6 +496,7 @@ def test_sidecar(rendered: dict[str, list[dict[str, Any]]]) -> None:
                 "nginx_workers": 2,
                 "shm_zone_size": "2m",
                 "read_msg_timeout": "1s",
+                "dump_path": "/var/lib/dyups-dump/upstreams.conf",
             }
         ]
     }
@@ -503,12 +504,20 @@ def test_sidecar(rendered: dict[str, list[dict[str, Any]]]) -> None:
     nginx = one(docs, "ConfigMap", f"{RELEASE}-nginx")["data"]["nginx.conf"]
     assert "listen 127.0.0.1:8081;" in nginx and "client_body_in_file_only clean;" in nginx
     assert "proxy_pass http://$upstream;" in nginx
+    # the dump file: written by the sidecar, included by nginx, on a shared volume
+    assert "include /var/lib/dyups-dump/*.conf;" in nginx
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounts = {
+        c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in pod["containers"]
+    }
+    assert all(m.get("dump") == "/var/lib/dyups-dump" for m in mounts.values()), mounts
+    assert "dump" in {v["name"] for v in pod["volumes"]}
     assert rules(docs) == {
         ("ClusterRole", "", "services"): {"list", "watch"},
         ("ClusterRole", "", "endpointslices"): {"list", "watch"},
     }
     assert not by_kind(docs, "NetworkPolicy")
-    assert "TODO(dump-file)" in (CHART / "templates" / "proxy-deployment.yaml").read_text()
+    assert "TODO(dump-file)" not in (CHART / "templates" / "proxy-deployment.yaml").read_text()
 
 
 def test_servicemonitor(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -131,7 +131,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $settings := .Values.proxies.settings | default dict -}}
 {{- $proxies := dict -}}
 {{- if eq .Values.mode "sidecar" -}}
-{{- $local := dict "url" (printf "http://127.0.0.1:%d" (int .Values.sidecar.dyupsPort)) "name" "local" -}}
+{{- $local := dict "url" (printf "http://127.0.0.1:%d" (int .Values.sidecar.dyupsPort)) "name" "local" "dump_path" "/var/lib/dyups-dump/upstreams.conf" -}}
 {{- $_ := set $proxies "static" (list (merge $local (deepCopy $settings))) -}}
 {{- else -}}
 {{- if .Values.proxies.static -}}
@@ -216,6 +216,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       mountPath: /var/lib/dyups-syncer
     - name: tmp
       mountPath: /tmp
+    {{- if eq .Values.mode "sidecar" }}
+    - name: dump
+      mountPath: /var/lib/dyups-dump
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
