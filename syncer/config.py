@@ -388,19 +388,26 @@ class Config(_Strict):
         return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+def _set_path(data: dict[str, Any], path: list[str], value: Any, *, origin: str) -> None:
+    """Set `value` at `path` (keys; list indexes as digits). A path that does not fit
+    the document's shape is a ConfigError naming the environment variable."""
     node: Any = data
     for i, key in enumerate(path):
         last = i == len(path) - 1
         if isinstance(node, list):
+            # An index may extend a list by one entry at most: no unbounded growth.
+            if not key.isdigit() or int(key) > len(node):
+                raise ConfigError([f"{origin}: {key!r} is not an index of a {len(node)}-item list"])
             index = int(key)
-            while len(node) <= index:
+            if index == len(node):
                 node.append({})
             if last:
                 node[index] = value
             else:
                 node = node[index]
             continue
+        if not isinstance(node, dict):
+            raise ConfigError([f"{origin}: {'.'.join(path[:i])} is not a mapping"])
         if last:
             node[key] = value
         else:
@@ -408,7 +415,16 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
             node = node.setdefault(key, [] if nxt.isdigit() else {})
 
 
-def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def _yaml(text: str) -> Any:
+    """PyYAML raises more than YAMLError on odd scalars (a bad `!!timestamp` gives
+    ValueError or AttributeError, a bad `!!bool` KeyError): all are "not YAML"."""
+    try:
+        return yaml.safe_load(text)
+    except Exception as e:
+        raise ValueError(f"not valid YAML: {e}") from e
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str], origin: str = "") -> dict[str, Any]:
     for key in sorted(env):
         if not key.startswith(ENV_PREFIX):
             continue
@@ -419,10 +435,10 @@ def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         value: Any = raw
         if raw.lstrip().startswith(("[", "{")):
             try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError:
-                value = raw
-        _set_path(data, path, value)
+                value = _yaml(raw)
+            except ValueError:
+                value = raw  # pydantic then says what the field wanted
+        _set_path(data, path, value, origin=f"{origin}: {key}" if origin else key)
     return data
 
 
@@ -443,14 +459,14 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
     except OSError as e:
         raise ConfigError([f"{origin}: cannot read: {e.strerror or e}"]) from e
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{origin}: not valid YAML: {e}"]) from e
+        data = _yaml(text)
+    except ValueError as e:
+        raise ConfigError([f"{origin}: {e}"]) from e
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{origin}: the configuration must be a mapping"])
-    data = apply_env(data, env)
+    data = apply_env(data, env, origin)
     base = path.parent
     try:
         config = Config.model_validate(data)

@@ -158,6 +158,8 @@ def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> 
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
         raise SourceDataError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
+    except Exception as e:  # PyYAML: ValueError/KeyError/AttributeError on odd `!!` scalars
+        raise SourceDataError(f"{origin}: not valid YAML: {e}") from e
 
     def fail(path: tuple[str | int, ...], message: str) -> SourceDataError:
         # The node tree (for line numbers) is built only when there is an error to place.
