@@ -139,6 +139,7 @@ class _Connection:
             sock.close()
             raise
         self.sock = sock
+        self.last_used = time.monotonic()
         self.rfile = sock.makefile("rb")
         self.host_header = ep.host if ep.port in (80, 443) else f"{ep.host}:{ep.port}"
 
@@ -157,6 +158,7 @@ class _Connection:
 
 
 _MAX_LINE = 65536
+IDLE_TIMEOUT = 30.0  # seconds; below nginx's default keepalive_timeout (75 s)
 
 
 def _read_response(rfile: Any) -> tuple[int, bytes, bool]:
@@ -276,11 +278,18 @@ class DyupsClient:
     def _checkout(self, fresh: bool) -> tuple[_Connection, bool]:
         if not fresh:
             with self._lock:
-                if self._idle:
-                    return self._idle.pop(), True
+                while self._idle:
+                    conn = self._idle.pop()
+                    # Drop connections idle for long enough that nginx may have closed
+                    # them (keepalive_timeout, 75 s by default): a closed connection
+                    # then almost always means trylock, not staleness.
+                    if time.monotonic() - conn.last_used < IDLE_TIMEOUT:
+                        return conn, True
+                    conn.close()
         return self._new_connection(), False
 
     def _checkin(self, conn: _Connection) -> None:
+        conn.last_used = time.monotonic()
         with self._lock:
             if len(self._idle) < self.settings.max_idle_connections:
                 self._idle.append(conn)
@@ -294,15 +303,23 @@ class DyupsClient:
             conn.close()
 
     def _request(
-        self, method: str, path: str, body: bytes | None = None, *, fresh: bool = False
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        fresh: bool = False,
+        retry_stale: bool = True,
     ) -> _Answer:
         """One request. A reused idle connection that the server had closed is retried
-        once on a new connection (nothing reached the module); anything else raises."""
+        once on a new connection (nothing reached the module); anything else raises.
+        Not for DELETE (`retry_stale=False`): there a closed connection is also how a
+        busy trylock answers, and that must be seen and counted as a conflict."""
         conn, reused = self._checkout(fresh)
         try:
             return self._exchange(conn, method, path, body, keep=not fresh)
         except _CLOSED_WITHOUT_ANSWER:
-            if not reused:
+            if not reused or not retry_stale:
                 raise
         conn, _ = self._checkout(fresh=True)
         return self._exchange(conn, method, path, body, keep=not fresh)
@@ -477,7 +494,7 @@ class DyupsClient:
         started = time.monotonic()
         path = f"/upstream/{quote(name)}"
         try:
-            answer = self._request("DELETE", path, fresh=False)
+            answer = self._request("DELETE", path, retry_stale=False)
         except _CLOSED_WITHOUT_ANSWER as e:
             # With dyups_trylock on, a busy lock closes the connection: nothing deleted.
             return _result(Outcome.CONFLICT, None, f"closed without answer: {e}", started)
