@@ -46,7 +46,7 @@ def load(path: Path) -> SnapshotData | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise SnapshotError(f"cannot read {path}: {e}") from e
     try:
         raw = json.loads(text)
@@ -57,7 +57,20 @@ def load(path: Path) -> SnapshotData | None:
     sources, proxies = raw.get("sources"), raw.get("proxies")
     if not isinstance(sources, dict) or not isinstance(proxies, dict):
         raise SnapshotError(f"{path}: 'sources' and 'proxies' must be mappings")
+    if not all(isinstance(v, dict) for v in [*sources.values(), *proxies.values()]):
+        raise SnapshotError(f"{path}: every source and proxy entry must be a mapping")
     return SnapshotData(sources=sources, proxies=proxies)
+
+
+def remove_stale_temp(path: Path) -> int:
+    """Remove temp files a killed writer left beside `path` (a crash-looping process
+    would otherwise fill the volume); returns how many."""
+    removed = 0
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed += 1
+    return removed
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -110,6 +123,7 @@ class SnapshotWriter:
         self.writes = 0
 
     def start(self) -> None:
+        remove_stale_temp(self.path)
         self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
         self._thread.start()
 

@@ -100,6 +100,9 @@ class Store:
         problems: list[str] = []
         with self._cond:
             for source, upstreams in data.sources.items():
+                if not isinstance(upstreams, dict):
+                    problems.append(f"source {source!r}: not a mapping of upstreams")
+                    continue
                 if source not in self._by_source:
                     problems.append(
                         f"source {source!r} is no longer configured; its entries are dropped"
@@ -116,6 +119,9 @@ class Store:
                     self._owner.setdefault(name, source)
                 self._restored.add(source)
             for url, raw in data.proxies.items():
+                if not isinstance(raw, dict):
+                    problems.append(f"proxy {url!r}: malformed record")
+                    continue
                 owned = raw.get("owned", [])
                 applied = raw.get("applied", {})
                 if isinstance(owned, list) and isinstance(applied, dict):

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from syncer.model import Upstream
-from syncer.snapshot import write_atomic
+from syncer.snapshot import remove_stale_temp, write_atomic
 
 HEADER = "# Written by dyups-syncer: the upstreams last applied to this proxy. Do not edit.\n"
 
@@ -32,6 +32,7 @@ def render_dump(upstreams: Iterable[Upstream]) -> str:
 class DumpFile:
     def __init__(self, path: Path) -> None:
         self.path = path
+        remove_stale_temp(path)
         self._last: str | None = None
         self.writes = 0
 

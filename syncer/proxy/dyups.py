@@ -222,6 +222,7 @@ def _read_chunked(rfile: Any) -> bytes:
 
 
 _CLOSED_WITHOUT_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 def _endpoint(settings: ClientSettings) -> _Endpoint:
@@ -318,7 +319,11 @@ class DyupsClient:
         conn, reused = self._checkout(fresh)
         try:
             return self._exchange(conn, method, path, body, keep=not fresh)
-        except _CLOSED_WITHOUT_ANSWER:
+        except _STALE:
+            # A reset can also cut an answer the module already gave; Linux drops the
+            # unread bytes, so the two look alike. Stale connections after an nginx
+            # reload are by far the common case, and a resent POST only costs one more
+            # balancer reset: resend.
             if not reused or not retry_stale:
                 raise
         conn, _ = self._checkout(fresh=True)
@@ -490,11 +495,11 @@ class DyupsClient:
             return ""
         return f"read back {len(reported)} of {sum(want.values())} servers; {FIX_TRUNCATION}"
 
-    def delete(self, name: str) -> WriteResult:
+    def delete(self, name: str, *, fresh: bool = False) -> WriteResult:
         started = time.monotonic()
         path = f"/upstream/{quote(name)}"
         try:
-            answer = self._request("DELETE", path, retry_stale=False)
+            answer = self._request("DELETE", path, retry_stale=False, fresh=fresh)
         except _CLOSED_WITHOUT_ANSWER as e:
             # With dyups_trylock on, a busy lock closes the connection: nothing deleted.
             return _result(Outcome.CONFLICT, None, f"closed without answer: {e}", started)

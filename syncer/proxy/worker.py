@@ -113,6 +113,7 @@ class ProxyWorker:
         # upstream that keeps failing (e.g. truncated every time) is not re-posted
         # every probe interval, each POST resetting its balancer state.
         self._failing: dict[str, tuple[int, float]] = {}
+        self._degraded_deletes: set[str] = set()
         self._lag_recorded: dict[str, float] = {}
         self._last_conflicts: tuple[str, ...] = ()
         self._last_refused: tuple[str, ...] = ()
@@ -401,6 +402,8 @@ class ProxyWorker:
                 result = self._write(change, desired.version)
                 if result.outcome is Outcome.UNAVAILABLE:
                     raise ProxyUnavailable(result.body)
+                if result.outcome.done and not self._delete_reached_every_worker(change):
+                    result = WriteResult(Outcome.DEGRADED, None, "still held by a worker", 0.0)
                 if result.outcome.done:
                     written += 1
                     self._failing.pop(change.name, None)
@@ -442,6 +445,28 @@ class ProxyWorker:
         )
         result: WriteResult = retrying(self._write_once, change)
         return result
+
+    def _delete_reached_every_worker(self, change: Upsert | Delete) -> bool:
+        """After a queue-full DELETE only the nginx worker that answered dropped the
+        upstream, and a retry on the same connection reaches that worker again (404).
+        Look for it through fresh connections (any worker) and delete it where seen,
+        until enough fresh reads in a row no longer list it."""
+        if not isinstance(change, Delete) or change.name not in self._degraded_deletes:
+            return True
+        needed = max(2, self.s.kick_gets)
+        clean = 0
+        for _ in range(4 * needed):
+            if self.stop.is_set():
+                return False
+            if change.name in self.client.list_names(fresh=True):
+                clean = 0
+                self.client.delete(change.name, fresh=True)
+            else:
+                clean += 1
+                if clean >= needed:
+                    self._degraded_deletes.discard(change.name)
+                    return True
+        return False
 
     def _write_once(self, change: Upsert | Delete) -> WriteResult:
         cost = (
@@ -497,6 +522,8 @@ class ProxyWorker:
             )
         elif outcome is Outcome.DEGRADED:
             self.m.degraded.labels(self.label).inc()
+            if isinstance(change, Delete):
+                self._degraded_deletes.add(change.name)
             self.log.error(
                 event,
                 **fields,
