@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1-63 chars each.
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_IP_TEXT_RE = re.compile(r"[0-9a-fA-F:.]+")
 _META_RE = re.compile(r"[A-Za-z0-9._/-]{0,253}")
 NAME_MAX = 200
 # A body of this many servers is ~250 KiB, well inside nginx's default 1 MiB
@@ -79,10 +80,18 @@ def canonical_host(raw: str, *, allow_hostname: bool) -> str:
     if not isinstance(raw, str) or not raw:
         raise ModelError(f"host must be a non-empty string, got {raw!r}")
     text = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    if "%" in text:
+        # Python accepts IPv6 scope ids ("fe80::1%eth0") with ANY characters after the
+        # "%" ("::%;" parses): a scope id could carry nginx syntax into a body.
+        raise ModelError(f"host {raw!r}: scoped IPv6 addresses are not supported")
     try:
-        return str(ipaddress.ip_address(text))
+        canonical = str(ipaddress.ip_address(text))
     except ValueError:
         pass
+    else:
+        if not _IP_TEXT_RE.fullmatch(canonical):  # belt and braces: nothing but IP text
+            raise ModelError(f"host {raw!r} is not a plain IP literal")
+        return canonical
     name = text.lower()
     if "%" in text or not _is_hostname(name):
         raise ModelError(f"host {raw!r} is not an IPv4/IPv6 literal or an RFC 1123 host name")

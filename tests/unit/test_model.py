@@ -50,6 +50,8 @@ def test_ipv6_is_bracketed_and_compressed():
         ({"host": "10.0.0.1;", "port": 80}, "host"),
         ({"host": "a b", "port": 80}, "host"),
         ({"host": "$host", "port": 80}, "host"),
+        ({"host": "::%;", "port": 80}, "host"),  # Python parses IPv6 scope ids of any text
+        ({"host": "fe80::1%eth0", "port": 80}, "host"),
         ({"host": "10.0.0.1", "port": 0}, "port"),
         ({"host": "10.0.0.1", "port": 65536}, "port"),
         ({"host": "10.0.0.1", "port": 80, "weight": 0}, "weight"),
