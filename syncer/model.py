@@ -19,6 +19,9 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1-63 chars each.
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _IP_TEXT_RE = re.compile(r"[0-9a-fA-F:.]+")
+# Numbers from outside: a bounded run of ASCII digits (str.isdigit() also accepts
+# other scripts' digits, and int() refuses strings over 4,300 digits with ValueError).
+_COUNT_RE = re.compile(r"[0-9]{1,12}")
 _META_RE = re.compile(r"[A-Za-z0-9._/-]{0,253}")
 NAME_MAX = 200
 # A body of this many servers is ~250 KiB, well inside nginx's default 1 MiB
@@ -121,8 +124,11 @@ class Server:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         for what in ("zone", "node"):
-            if not _META_RE.fullmatch(getattr(self, what)):
+            value = getattr(self, what)
+            if not isinstance(value, str) or not _META_RE.fullmatch(value):
                 raise ModelError(f"{what} {getattr(self, what)!r} is not a valid label value")
+        if not isinstance(self.host, str) or not isinstance(self.allow_hostname, bool):
+            raise ModelError(f"host must be a string, got {self.host!r}")  # before the cache
         set_(self, "host", canonical_host(self.host, allow_hostname=self.allow_hostname))
         _int_field("port", self.port, minimum=1, maximum=65535)
         _int_field("weight", self.weight, minimum=1, maximum=1_000_000)
@@ -167,7 +173,7 @@ RANDOM_VARIANTS = {(), ("two",), ("two", "least_conn")}
 KEEPALIVE = {"keepalive": "count", "keepalive_requests": "count", "keepalive_timeout": "time"}
 # Balancers with which nginx refuses `backup` servers.
 NO_BACKUP_BALANCERS = {"ip_hash", "random"}
-_TIME_RE = re.compile(r"(\d{1,7})(ms|s|m|h)?")
+_TIME_RE = re.compile(r"([0-9]{1,7})(ms|s|m|h)?")  # ASCII digits only: \d matches other scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +184,8 @@ class Directive:
     args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not all(isinstance(a, str) for a in self.args):
+            raise ModelError(f"directive must be words, got {self.name!r} {self.args!r}")
         if self.name in BALANCERS:
             if self.name == "random":
                 if tuple(self.args) not in RANDOM_VARIANTS:
@@ -192,7 +200,7 @@ class Directive:
                 raise ModelError(f"directive {self.name!r} takes exactly one argument")
             arg = self.args[0]
             if KEEPALIVE[self.name] == "count":
-                if not arg.isdigit() or not 1 <= int(arg) <= 1_000_000:
+                if not _COUNT_RE.fullmatch(arg) or not 1 <= int(arg) <= 1_000_000:
                     raise ModelError(f"{self.name} needs a count 1-1000000, got {arg!r}")
             elif not _TIME_RE.fullmatch(arg):
                 raise ModelError(f"{self.name} needs a time like 60s or 500ms, got {arg!r}")
@@ -346,7 +354,7 @@ def _parse_detail_server(line: str) -> Server:
     params: dict[str, int] = {}
     for word in words[2:]:
         key, sep, value = word.partition("=")
-        if not sep or not value.isdigit():
+        if not sep or not _COUNT_RE.fullmatch(value):
             raise ParseError(f"bad parameter {word!r} in {line!r}")
         params[key] = int(value)
     try:
@@ -433,10 +441,10 @@ def _server_from_render(words: list[str]) -> Server:
             raise ParseError(f"unknown server parameter {word!r}")
         if not sep:
             kwargs[key] = True
-        elif key == "fail_timeout":
-            kwargs[key] = int(value.removesuffix("s"))
+        elif not _COUNT_RE.fullmatch(value.removesuffix("s") if key == "fail_timeout" else value):
+            raise ParseError(f"bad number in {word!r}")
         else:
-            kwargs[key] = int(value)
+            kwargs[key] = int(value.removesuffix("s"))
     return Server(host=host, port=port, allow_hostname=True, **kwargs)  # type: ignore[arg-type]
 
 
