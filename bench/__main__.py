@@ -1,7 +1,8 @@
 """`python -m bench <scenario> [options]`: run a benchmark scenario and print its figures.
 
-`all` runs the issue's set (change with and without the kick, cold, steady) and
-appends the figures to BENCHMARKS.md. Nothing is asserted: targets are for reading.
+`all` runs the issues' set (change with and without the kick, cold, steady,
+kube-rollout, consul-flips) and appends the figures to BENCHMARKS.md. Nothing is
+asserted: targets are for reading.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import scenarios
+from bench import discovery, scenarios
 from bench.harness import (
     POLL_INTERVAL,
     REPO,
     BenchError,
     Options,
+    OtherLoad,
     Result,
     code_version,
     machine,
@@ -29,23 +31,35 @@ SCENARIOS: dict[str, Callable[[Options], Result]] = {
     "change": scenarios.change,
     "cold": scenarios.cold,
     "steady": scenarios.steady,
+    "kube-rollout": discovery.kube_rollout,
+    "consul-flips": discovery.consul_flips,
 }
-# The issue's parameters.
+DISCOVERY = {"kube-rollout", "consul-flips"}
+# The issues' parameters. kube-rollout: services × endpoints, rollout duration;
+# consul-flips: services × instances, 50 flips/s for 60 s, then 20 s at rest.
 DEFAULTS = {
     "change": Options(10, 20, 3, 1000, 0.0, kick=True, debounce=None),
     "cold": Options(10, 2000, 20, 0, 0.0, kick=True, debounce=None),
     "steady": Options(10, 200, 10, 0, 60.0, kick=True, debounce=None),
+    "kube-rollout": Options(10, 200, 20, 0, 60.0, kick=True, debounce=None),
+    "consul-flips": Options(10, 500, 10, 0, 60.0, kick=True, debounce=None, rate=50, rest=20),
 }
-# What `all` runs: (scenario, settings on top of its defaults). The last two are
-# diagnostics: the lag of a change when the previous one's kick has finished, and
-# the idle cost with the file source's default poll interval.
+# What `all` runs: (scenario, settings on top of its defaults). The last four are
+# diagnostics: the lag of a change when the previous one's kick has finished; the
+# idle cost with the file source's default poll interval; the rollout with 2 proxies
+# (a lighter load on the simulators, which share the bench process with the fake);
+# Consul with 100 services (500 is more than the fake can serve on 2 cores).
 ALL: list[tuple[str, dict[str, Any]]] = [
     ("change", {"debounce": 0.0, "kick": True}),
     ("change", {"debounce": 0.0, "kick": False}),
     ("cold", {}),
     ("steady", {}),
+    ("kube-rollout", {}),
+    ("consul-flips", {}),
     ("change", {"debounce": 0.0, "kick": True, "gap": 0.15, "changes": 300}),
     ("steady", {"poll_interval": 1.0}),
+    ("kube-rollout", {"proxies": 2}),
+    ("consul-flips", {"upstreams": 100}),
 ]
 
 
@@ -53,19 +67,33 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmarks of dyups-syncer against simulated dyups proxies. "
-        "Defaults are the issue's parameters: change 10 proxies × 20 upstreams × 3 servers, "
-        "1,000 changes; cold 10 × 2,000 × 20; steady 10 × 200 × 10 for 60 s. "
-        "`all` runs change (debounce 0, kick on and off), cold and steady, then two "
-        "diagnostic runs (change with --gap 0.15, steady with --poll-interval 1), and "
-        "appends the figures to BENCHMARKS.md; options given to `all` override every run "
-        "(except --no-kick).",
+        "Defaults are the issues' parameters: change 10 proxies × 20 upstreams × 3 servers, "
+        "1,000 changes; cold 10 × 2,000 × 20; steady 10 × 200 × 10 for 60 s; kube-rollout "
+        "10 × 200 services × 20 endpoints, every pod replaced over 60 s; consul-flips 10 × "
+        "500 services × 10 instances, 50 health flips/s for 60 s, then 20 s at rest. "
+        "`all` runs change (debounce 0, kick on and off), cold, steady, kube-rollout and "
+        "consul-flips, then four diagnostic runs (change with --gap 0.15, steady with "
+        "--poll-interval 1, kube-rollout with --proxies 2, consul-flips with --upstreams "
+        "100), and appends the figures to BENCHMARKS.md; options given to `all` override "
+        "every run (except --no-kick).",
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
     p.add_argument("--proxies", type=int, help="simulated proxies")
-    p.add_argument("--upstreams", type=int, help="upstreams in the file source")
-    p.add_argument("--servers", type=int, help="servers per upstream")
+    p.add_argument("--upstreams", type=int, help="upstreams in the file source; services opted in")
+    p.add_argument(
+        "--servers", type=int, help="servers per upstream; endpoints or instances per service"
+    )
     p.add_argument("--changes", type=int, help="change: single-upstream changes, one at a time")
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="steady: idle window")
+    p.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="steady: idle window; kube-rollout: the rolling restart; consul-flips: the flips",
+    )
+    p.add_argument("--rate", type=float, metavar="PER_SECOND", help="consul-flips: health flips")
+    p.add_argument(
+        "--rest", type=float, metavar="SECONDS", help="consul-flips: idle window after the flips"
+    )
     p.add_argument(
         "--no-kick", action="store_true", help="proxy config `kick: false` (no propagation GETs)"
     )
@@ -97,6 +125,14 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be between {low} and {high}")
     if args.duration is not None and args.duration <= 0:
         p.error("--duration must be positive")
+    if args.rate is not None and not 0.1 <= args.rate <= 1000:
+        p.error("--rate must be between 0.1 and 1000")
+    if args.rest is not None and args.rest <= 0:
+        p.error("--rest must be positive")
+    if args.scenario == "kube-rollout" and (args.upstreams or 0) > discovery.MAX_SERVICES:
+        p.error(f"kube-rollout: --upstreams is at most {discovery.MAX_SERVICES}")
+    if args.scenario == "consul-flips" and args.servers is not None and args.servers < 2:
+        p.error("consul-flips: --servers must be at least 2")
     for name in ("debounce", "gap"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             p.error(f"--{name} cannot be negative")
@@ -107,7 +143,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["proxies", "upstreams", "servers", "changes", "duration", "debounce"]
-    names += ["poll_interval", "gap"]
+    names += ["poll_interval", "gap", "rate", "rest"]
     found = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_kick and args.scenario != "all":
         found["kick"] = False
@@ -115,8 +151,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(scenario: str, opts: Options) -> Result:
-    print(f"running: {scenarios.command(scenario, opts)}", file=sys.stderr, flush=True)
-    result = SCENARIOS[scenario](opts)
+    describe = discovery.command if scenario in DISCOVERY else scenarios.command
+    print(f"running: {describe(scenario, opts)}", file=sys.stderr, flush=True)
+    with OtherLoad() as other:
+        result = SCENARIOS[scenario](opts)
+    result.rows.append(
+        (
+            "other processes' CPU during the run, mean / max of 2 s samples (% of one core)",
+            other.summary(),
+        )
+    )
     print(result.markdown(), flush=True)
     return result
 
@@ -125,7 +169,9 @@ def _report(results: list[Result], load: tuple[float, float, float], code: str) 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## Run of {now}", "", "Machine:", ""]
     lines += [f"- {line}" for line in machine()]
+    end = os.getloadavg()
     lines += [f"- load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"]
+    lines += [f"- load average after the run: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}"]
     lines += [f"- code measured: {code}"]
     lines += ["", "Commands (`python -m bench all` runs them in this order):", "", "```sh"]
     lines += [r.command for r in results]

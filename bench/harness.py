@@ -13,18 +13,22 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -38,6 +42,8 @@ READ_MSG_TIMEOUT = 1.0
 STOP_TIMEOUT = 15.0  # after SIGTERM, before SIGKILL
 APPLIED_LIMIT = 2_000_000  # events kept per simulator; far above what a run produces
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+DEFAULT_DEBOUNCE = 0.1  # the syncer's default
+T = TypeVar("T")
 
 
 class BenchError(Exception):
@@ -55,6 +61,12 @@ class Options:
     debounce: float | None  # None: the syncer's default (100 ms)
     poll_interval: float = POLL_INTERVAL
     gap: float = 0.0  # change: idle pause before each change (not part of the lag)
+    rate: float = 0.0  # consul-flips: health flips per second
+    rest: float = 0.0  # consul-flips: idle window after the flips
+
+    @property
+    def debounce_s(self) -> float:
+        return DEFAULT_DEBOUNCE if self.debounce is None else self.debounce
 
 
 @dataclass
@@ -184,6 +196,115 @@ class Tracker:
         return all(self.per_worker[w] >= count for w in range(self.sim.workers))
 
 
+class PostLog:
+    """The POSTs one simulated proxy accepted after this log was made, per upstream.
+
+    Read incrementally from the simulator's `applied` events. Every nginx worker
+    applies every POST once, and in order: a worker drains the shared queue before it
+    answers a write of its own. So the k-th application of a name by each worker is
+    the k-th POST, and the earliest of them is when that POST was accepted.
+    """
+
+    def __init__(self, sim: DyupsSimulator) -> None:
+        self.sim = sim
+        self._seen = len(sim.applied)
+        self._by_name: dict[str, dict[int, list[tuple[float, str]]]] = {}
+        self.latest: dict[str, str] = {}  # the body last applied by any worker
+        self.touched: set[str] = set()  # names applied since the caller last cleared it
+
+    def update(self) -> PostLog:
+        events = self.sim.applied
+        if len(events) >= APPLIED_LIMIT:
+            raise BenchError("the simulator dropped applied events; run fewer changes")
+        for event in events[self._seen :]:
+            if event.op == "post":
+                body = event.body or ""
+                per_worker = self._by_name.setdefault(event.name, {})
+                per_worker.setdefault(event.worker, []).append((event.at, body))
+                self.latest[event.name] = body
+                self.touched.add(event.name)
+        self._seen = len(events)
+        return self
+
+    def posts(self, name: str) -> list[tuple[float, str]]:
+        """(accepted at, body) of each POST of `name`, in order."""
+        per_worker = list(self._by_name.get(name, {}).values())
+        count = max((len(applied) for applied in per_worker), default=0)
+        return [min(applied[k] for applied in per_worker if len(applied) > k) for k in range(count)]
+
+
+class OtherLoad:
+    """CPU used by processes other than the bench and its children (the syncer), sampled
+    from /proc every SAMPLE seconds while a scenario runs: other work on the machine."""
+
+    SAMPLE = 2.0
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="other-load", daemon=True)
+        self.samples: list[float] = []  # % of one core, per interval
+        self.top: dict[str, float] = {}  # command → CPU seconds
+
+    def __enter__(self) -> OtherLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self.SAMPLE)
+
+    @staticmethod
+    def _ticks() -> dict[int, tuple[int, int]]:
+        """pid → (utime + stime, ppid)."""
+        out = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+                except OSError:
+                    continue
+                out[int(entry)] = (int(fields[11]) + int(fields[12]), int(fields[1]))
+        return out
+
+    @staticmethod
+    def _command(pid: int) -> str:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return "?"
+        text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        return re.sub(r"[`|]", "'", text)[:60] or f"pid {pid}"
+
+    def _loop(self) -> None:
+        me = os.getpid()
+        before, then = self._ticks(), time.monotonic()
+        while not self._stop.wait(self.SAMPLE):
+            now, at = self._ticks(), time.monotonic()
+            total = 0.0
+            for pid, (ticks, ppid) in now.items():
+                if pid == me or ppid == me:
+                    continue
+                # A process that started since the last sample used all its time since.
+                used = (ticks - before.get(pid, (0, 0))[0]) / _CLK_TCK
+                if used > 0:
+                    total += used
+                    command = self._command(pid)
+                    self.top[command] = self.top.get(command, 0.0) + used
+            self.samples.append(100 * total / (at - then))
+            before, then = now, at
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "—"
+        mean = sum(self.samples) / len(self.samples)
+        text = f"{mean:.0f} % / {max(self.samples):.0f} %"
+        ranked = sorted(self.top.items(), key=lambda item: -item[1])
+        busy = [(cmd, sec) for cmd, sec in ranked[:2] if sec >= 1.0]
+        if busy:
+            text += "; most: " + ", ".join(f"`{cmd}` {sec:.0f} s" for cmd, sec in busy)
+        return text
+
+
 # ----------------------------------------------------------------- the syncer process
 
 
@@ -262,6 +383,43 @@ class SyncerProcess:
         return ", ".join(f"{name} ×{n}" for name, n in counts.most_common())
 
 
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+class Metrics:
+    """Samples of a Prometheus text exposition."""
+
+    def __init__(self, text: str) -> None:
+        self.samples: list[tuple[str, dict[str, str], float]] = []
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                name, _, labels = series.partition("{")
+                self.samples.append((name, dict(_LABEL.findall(labels)), float(value)))
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        return sum(
+            value
+            for n, have, value in self.samples
+            if n == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+
+def answer_times_row(metrics: Metrics) -> tuple[str, str]:
+    """How long the simulated proxies took to answer, as the syncer timed it: the time
+    a worker waits for the bench process, which runs every simulator under one GIL."""
+    durations = []
+    for method in ("POST", "GET"):
+        n = metrics.total("dyups_syncer_request_duration_seconds_count", method=method)
+        spent = metrics.total("dyups_syncer_request_duration_seconds_sum", method=method)
+        durations.append(f"{method} {1000 * spent / n:.2f} ms ({n:.0f})" if n else f"{method} —")
+    return (
+        "proxy answers as the syncer timed them (since start): mean (count)",
+        "; ".join(durations) + " (a POST's time includes its verify GET; kick GETs untimed)",
+    )
+
+
 # ----------------------------------------------------------------- one run
 
 
@@ -279,6 +437,7 @@ class Bench:
         self.syncer: SyncerProcess | None = None
         self.dir = Path(".")
         self.upstreams_file = Path("upstreams.yaml")
+        self.listen = ""
 
     def __enter__(self) -> Bench:
         try:
@@ -308,6 +467,10 @@ class Bench:
     ) -> None:
         self._stack.close()
 
+    def enter_context(self, cm: AbstractContextManager[T]) -> T:
+        """Enter `cm` now; it is left with the run, after the syncer stops (LIFO)."""
+        return self._stack.enter_context(cm)
+
     def write_upstreams(self, spec: dict[str, list[str]]) -> float:
         """Write the file source atomically; returns time.monotonic() just before the rename."""
         doc = {"upstreams": {name: {"servers": servers} for name, servers in spec.items()}}
@@ -317,10 +480,16 @@ class Bench:
         os.replace(tmp, self.upstreams_file)
         return stamp
 
-    def start_syncer(self, opts: Options) -> SyncerProcess:
-        source = {"type": "file", "path": str(self.upstreams_file)}
+    def start_syncer(
+        self, opts: Options, sources: list[dict[str, Any]] | None = None
+    ) -> SyncerProcess:
+        """Start the syncer; `sources` replaces the default file source."""
+        if sources is None:
+            file = {"type": "file", "path": str(self.upstreams_file)}
+            sources = [{**file, "poll_interval": opts.poll_interval}]
+        self.listen = f"127.0.0.1:{_free_port()}"
         config: dict[str, Any] = {
-            "sources": [{**source, "poll_interval": opts.poll_interval}],
+            "sources": sources,
             "proxies": {
                 "static": [
                     {"url": sim.url, "name": f"p{i}", "kick": opts.kick}
@@ -328,7 +497,7 @@ class Bench:
                 ]
             },
             "snapshot_path": str(self.dir / "snapshot.json"),
-            "listen": f"127.0.0.1:{_free_port()}",
+            "listen": self.listen,
             "log": {"level": "warning", "format": "json"},
         }
         if opts.debounce is not None:
@@ -380,6 +549,11 @@ class Bench:
             f"{len(names)} upstreams on every worker of every proxy",
         )
         return trackers
+
+    def metrics(self) -> Metrics:
+        """The syncer's /metrics, now."""
+        with urllib.request.urlopen(f"http://{self.listen}/metrics", timeout=10) as answer:
+            return Metrics(answer.read().decode())
 
     def proxy_rows(self, syncer: SyncerProcess) -> list[tuple[str, str]]:
         """Request counts from the simulators' stats, and the syncer's memory and log."""

@@ -17,6 +17,7 @@ from bench.harness import (
     Result,
     SyncerProcess,
     Tracker,
+    answer_times_row,
     base_servers,
     base_spec,
     percentiles_ms,
@@ -176,6 +177,7 @@ def cold(opts: Options) -> Result:
         trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
         cpu = syncer.cpu_seconds()
         wall = time.monotonic() - syncer.started
+        answers = answer_times_row(bench.metrics())
 
         start = syncer.started
         first = [min(t.first.values()) - start for t in trackers]
@@ -198,6 +200,7 @@ def cold(opts: Options) -> Result:
                 str(_content_mismatches(bench, spec)),
             ),
             *bench.proxy_rows(syncer),
+            answers,
             ("wall time (start → all held, as seen by the bench)", f"{wall:.2f} s"),
             *_syncer_rows(syncer, "start → all held", cpu, time.process_time() - bench_cpu0),
         ]
