@@ -10,6 +10,7 @@ control characters) can reach a POST body: the types make it impossible.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -101,6 +102,11 @@ def canonical_host(raw: str, *, allow_hostname: bool) -> str:
     if not allow_hostname:
         raise ModelError(f"host {raw!r} is a host name; only IP literals are allowed here")
     return name
+
+
+def body_hash(body: str) -> str:
+    """Short stable fingerprint of a POST body, kept in the snapshot per proxy."""
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -241,8 +247,11 @@ class Upstream:
     name: str
     servers: tuple[Server, ...]
     directives: tuple[Directive, ...] = ()
-    # The rendered body, computed once: planning compares it for every upstream.
+    # Computed once, since planning reads them for every upstream of every proxy:
+    # the rendered body, and whether any server is a host name rather than an IP.
     body: str = field(init=False, repr=False, compare=False, default="")
+    has_hostnames: bool = field(init=False, repr=False, compare=False, default=False)
+    digest: str = field(init=False, repr=False, compare=False, default="")  # body_hash(body)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))
@@ -278,6 +287,8 @@ class Upstream:
         object.__setattr__(self, "servers", servers)
         object.__setattr__(self, "directives", directives)
         object.__setattr__(self, "body", self._render())
+        object.__setattr__(self, "has_hostnames", any(not s.is_ip for s in servers))
+        object.__setattr__(self, "digest", body_hash(self.body))
 
     def render(self) -> str:
         """The canonical POST body (see `_render`)."""
@@ -292,10 +303,6 @@ class Upstream:
         return " ".join(
             [*(s.render() for s in self.servers), *(d.render() for d in self.directives)]
         )
-
-    @property
-    def has_hostnames(self) -> bool:
-        return any(not s.is_ip for s in self.servers)
 
 
 def check_unique(upstreams: Iterable[Upstream]) -> dict[str, Upstream]:

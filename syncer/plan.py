@@ -13,22 +13,16 @@ into requests, metrics and log lines. Invariants (tested as properties):
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from syncer.model import ObservedUpstream, Upstream
+from syncer.model import ObservedUpstream, Upstream, body_hash
 
 
 class Mode(StrEnum):
     SYNC = "sync"
     UPSERT_ONLY = "upsert-only"
-
-
-def body_hash(body: str) -> str:
-    """Short stable fingerprint of a POST body, kept in the snapshot per proxy."""
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +113,13 @@ def drift_reason(
     if want.has_hostnames:
         # /detail shows resolved addresses, never the host name posted: only our own
         # record of what we sent can tell whether it is current.
-        return None if applied_hash == body_hash(body) else "unverified"
+        return None if applied_hash == want.digest else "unverified"
     if have.servers != want.servers:
         return "changed"
     if applied_hash is None:
         # /detail does not show directives: without a record, post once to be sure.
         return "unverified" if want.directives else None
-    return None if applied_hash == body_hash(body) else "changed"
+    return None if applied_hash == want.digest else "changed"
 
 
 def plan(

@@ -30,7 +30,6 @@ from syncer.plan import (
     Plan,
     PlanPolicy,
     Upsert,
-    body_hash,
     observed_after_post,
     plan,
 )
@@ -309,7 +308,7 @@ class ProxyWorker:
         upserts = [
             u
             for u in result.upserts
-            if (u.name, body_hash(u.body)) not in self._rejected and self._due(u.name, now)
+            if (u.name, u.upstream.digest) not in self._rejected and self._due(u.name, now)
         ]
         deletes = [d for d in result.deletes if self._due(d.name, now)]
         deferred = len(result.upserts) + len(result.deletes) - len(upserts) - len(deletes)
@@ -337,7 +336,7 @@ class ProxyWorker:
             self._dumped = {
                 name: u
                 for name, u in desired.upstreams.items()
-                if name in record.owned and record.applied.get(name) == body_hash(u.body)
+                if name in record.owned and record.applied.get(name) == u.digest
             }
         try:
             if self._dump.update(self._dumped.values()):
@@ -511,7 +510,7 @@ class ProxyWorker:
         elif outcome is Outcome.REJECTED:
             self.m.rejected.labels(self.label).inc()
             assert isinstance(change, Upsert)
-            self._rejected.add((change.name, body_hash(change.body)))
+            self._rejected.add((change.name, change.upstream.digest))
             self.log.error(
                 event,
                 **fields,
@@ -551,7 +550,7 @@ class ProxyWorker:
         head = self.client.flavour is Flavour.HEAD
         if isinstance(change, Upsert):
             self._cache[change.name] = observed_after_post(change.upstream, head=head)
-            self.store.record_applied(self.label, change.name, body_hash(change.body))
+            self.store.record_applied(self.label, change.name, change.upstream.digest)
             if self._dumped is not None:
                 self._dumped[change.name] = change.upstream
         else:
