@@ -58,6 +58,12 @@ class Metrics:
             ["proxy"],
             registry=r,
         )
+        self.superseded = Counter(
+            p + "changes_superseded_total",
+            "Planned writes skipped because the upstream changed again before they were sent.",
+            ["proxy"],
+            registry=r,
+        )
         self.rejected = Counter(
             p + "rejected_bodies_total",
             "Bodies the module refused ('add server failed'); not resent until desired state changes.",
@@ -129,6 +135,7 @@ class Metrics:
             self.drift_repairs,
             self.verify_failures,
             self.degraded,
+            self.superseded,
             self.rejected,
             self.proxy_up,
             self.last_sync,

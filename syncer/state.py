@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -28,6 +28,7 @@ from syncer.model import ModelError, Upstream, upstream_from_body
 from syncer.snapshot import SnapshotData
 
 _REMOVED_KEEP = 10_000  # how many removal times to remember for lag of deletes
+_PUBLISHED_KEEP = 4096  # how many version publication times to remember
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,9 @@ class Store:
         self._shared_owned: frozenset[str] = frozenset()
         self._shared_foreign: dict[str, frozenset[str]] = {}
         self._version = 0
+        # When each recent version appeared (monotonic), so a worker that was busy
+        # while changes arrived can tell how long they have already waited.
+        self._published: deque[tuple[int, float]] = deque(maxlen=_PUBLISHED_KEEP)
         self._current = self._build()
 
     # ----------------------------------------------------------- snapshot I/O
@@ -223,6 +227,7 @@ class Store:
 
     def _bump(self) -> None:
         self._version += 1
+        self._published.append((self._version, time.monotonic()))
         self._current = self._build()
         self._cond.notify_all()
         self._on_change()
@@ -243,6 +248,18 @@ class Store:
             )
             return self._current
 
+    def first_published_after(self, version: int) -> float | None:
+        """Monotonic time the first version newer than `version` appeared, or None
+        if none did (or it is too old to remember: then it has waited long enough)."""
+        with self._cond:
+            if not self._published:
+                return None
+            # Versions are appended one by one, so the deque is indexed by number.
+            index = version + 1 - self._published[0][0]
+            if not 0 <= index < len(self._published):
+                return None
+            return self._published[index][1]
+
     def wake(self) -> None:
         """Wake every waiter (shutdown)."""
         with self._cond:
@@ -253,6 +270,7 @@ class Store:
         The override ends with the next change of desired state."""
         with self._cond:
             self._version += 1
+            self._published.append((self._version, time.monotonic()))
             self._override_version = self._version
             self._current = self._build()
             self._cond.notify_all()

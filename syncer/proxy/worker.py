@@ -208,9 +208,13 @@ class ProxyWorker:
         timeout = max(0.0, min(deadlines) - self._clock())
         newer = self.store.wait_newer(version, timeout, self.stop)
         if newer.version != version and self.s.debounce > 0:
-            # Coalesce a burst of changes into one plan (not a trailing reset:
-            # a continuous stream is still applied every `debounce`).
-            self.stop.wait(self.s.debounce)
+            # Coalesce a burst of changes into one plan, counted from the burst's first
+            # change (not a trailing reset: a continuous stream is still applied every
+            # `debounce`). Changes that arrived while this worker was writing have
+            # already waited that long: they are planned at once.
+            first = self.store.first_published_after(version)
+            if first is not None:
+                self.stop.wait(max(0.0, first + self.s.debounce - time.monotonic()))
 
     def _went_down(self, error: ProxyError) -> None:
         self.last_error = str(error)
@@ -310,6 +314,9 @@ class ProxyWorker:
             for u in result.upserts
             if (u.name, u.upstream.digest) not in self._rejected and self._due(u.name, now)
         ]
+        # Oldest changes first: under a stream of changes, the ones waiting longest go out
+        # before the newest (the plan itself is in name order).
+        upserts.sort(key=lambda u: desired.changed_at.get(u.name, 0.0))
         deletes = [d for d in result.deletes if self._due(d.name, now)]
         deferred = len(result.upserts) + len(result.deletes) - len(upserts) - len(deletes)
         failed = self._apply(desired, upserts, deletes)
@@ -393,12 +400,15 @@ class ProxyWorker:
             for change in changes:
                 if self.stop.is_set() or not self._may_write():
                     return failed + 1
-                if self.store.current().version != desired.version:
-                    # Newer desired state: stop here and plan again from the cache,
-                    # which already holds what this batch wrote.
+                if self._superseded(change):
+                    # Its upstream changed again since the plan: the next plan (made at
+                    # once, see _wait) sends the newer body. The rest of the batch is
+                    # still current, so it goes on: abandoning it under a steady stream
+                    # of changes starved the upstreams late in the batch.
                     self._dirty = True
-                    return failed
-                result = self._write(change, desired.version)
+                    self.m.superseded.labels(self.label).inc()
+                    continue
+                result = self._write(change)
                 if result.outcome is Outcome.UNAVAILABLE:
                     raise ProxyUnavailable(result.body)
                 if result.outcome.done and not self._delete_reached_every_worker(change):
@@ -409,7 +419,7 @@ class ProxyWorker:
                     self._accepted(change, desired)
                 else:
                     failed += 1
-                    interrupted = self.store.current().version != desired.version
+                    interrupted = self._superseded(change)
                     if result.outcome is not Outcome.REJECTED and not interrupted:
                         self._failed_round(change.name)
                     if result.outcome is not Outcome.REJECTED and self._cache is not None:
@@ -422,10 +432,17 @@ class ProxyWorker:
                 self._kick.set()
         return failed
 
-    def _write(self, change: Upsert | Delete, version: int) -> WriteResult:
-        class NewerOrStopping(tenacity.stop.stop_base):
+    def _superseded(self, change: Upsert | Delete) -> bool:
+        """Whether desired state no longer wants `change` (a newer version changed it)."""
+        current = self.store.current().upstreams.get(change.name)
+        if isinstance(change, Upsert):
+            return current is None or current.digest != change.upstream.digest
+        return current is not None
+
+    def _write(self, change: Upsert | Delete) -> WriteResult:
+        class SupersededOrStopping(tenacity.stop.stop_base):
             def __call__(inner, _: tenacity.RetryCallState) -> bool:
-                return self.stop.is_set() or self.store.current().version != version
+                return self.stop.is_set() or self._superseded(change)
 
         def sleep(seconds: float) -> None:
             self.stop.wait(seconds)
@@ -438,7 +455,7 @@ class ProxyWorker:
             # of wait_exponential_jitter differ across tenacity releases).
             wait=tenacity.wait_exponential(multiplier=self.s.retry_initial, max=self.s.retry_max)
             + tenacity.wait_random(0, self.s.retry_initial),
-            stop=tenacity.stop_after_attempt(self.s.retry_attempts) | NewerOrStopping(),
+            stop=tenacity.stop_after_attempt(self.s.retry_attempts) | SupersededOrStopping(),
             sleep=sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )

@@ -1,0 +1,85 @@
+"""How one worker's batch of writes meets a newer desired state (driven step by step)."""
+
+from __future__ import annotations
+
+import threading
+
+from syncer import log
+from syncer.metrics import Metrics
+from syncer.model import Server, Upstream
+from syncer.proxy.dyups import ClientSettings, DyupsClient, WriteResult
+from syncer.proxy.worker import ProxyWorker, WorkerSettings
+from syncer.state import Store
+from syncer.testing.dyups import DyupsSimulator
+
+
+def upstream(name: str, port: int) -> Upstream:
+    return Upstream(name, (Server("10.0.0.1", port),))
+
+
+class ChangeOnFirstPost(DyupsClient):
+    """A client that, right after its first POST, lets the source change two upstreams:
+    the one just written and the last one of the batch."""
+
+    def __init__(self, settings: ClientSettings, change: threading.Event, on_change) -> None:
+        super().__init__(settings)
+        self._change, self._on_change = change, on_change
+
+    def upsert(self, upstream: Upstream) -> WriteResult:
+        result = super().upsert(upstream)
+        if not self._change.is_set():
+            self._change.set()
+            self._on_change()
+        return result
+
+
+def test_a_change_mid_batch_skips_only_the_superseded_write():
+    first = {f"u{i}": upstream(f"u{i}", 8000 + i) for i in range(10)}
+    second = {**first, "u0": upstream("u0", 9000), "u9": upstream("u9", 9009)}
+    store = Store(["file"])
+    store.publish("file", first)
+    changed = threading.Event()
+    metrics = Metrics()
+    with DyupsSimulator(workers=1) as sim:
+        client = ChangeOnFirstPost(
+            ClientSettings(url=sim.url, verify_after_write=False),
+            changed,
+            lambda: store.publish("file", second),
+        )
+        worker = ProxyWorker(
+            label="p0",
+            client=client,
+            store=store,
+            settings=WorkerSettings(debounce=0.0, kick_gets=0),
+            metrics=metrics,
+            log=log.get("test"),
+            stop=threading.Event(),
+        )
+        try:
+            worker.step()  # plans the first version; the second arrives after u0's POST
+            held = {name: [s.addr for s in servers] for name, servers in sim.upstreams().items()}
+            # The rest of the batch went out; only u9's outdated body was skipped.
+            assert held == {f"u{i}": [f"10.0.0.1:{8000 + i}"] for i in range(9)}
+            skipped = metrics.registry.get_sample_value(
+                "dyups_syncer_changes_superseded_total", {"proxy": "p0"}
+            )
+            assert skipped == 1
+            worker.step()  # plans the second version at once
+            held = {name: [s.addr for s in servers] for name, servers in sim.upstreams().items()}
+            assert held == {name: [u.servers[0].address] for name, u in second.items()}
+            assert sim.stats.posts == 11  # u0..u8, then u0 and u9 again: nothing else
+        finally:
+            client.close()
+
+
+def test_first_published_after_tells_when_a_burst_began():
+    store = Store(["file"])
+    assert store.first_published_after(0) is None
+    store.publish("file", {"a": upstream("a", 1)})
+    v1 = store.current().version
+    store.publish("file", {"a": upstream("a", 2)})
+    store.publish("file", {"a": upstream("a", 3)})
+    after_v1 = store.first_published_after(v1)
+    latest = store.first_published_after(v1 + 1)
+    assert after_v1 is not None and latest is not None and after_v1 <= latest
+    assert store.first_published_after(store.current().version) is None
