@@ -3,6 +3,11 @@
 `all` runs the issues' set (change with and without the kick, cold, steady,
 kube-rollout, consul-flips) and appends the figures to BENCHMARKS.md. Nothing is
 asserted: targets are for reading.
+
+The simulated proxies run in K child processes, round-robin (`bench/simproc.py`), as
+real proxies are separate nginx processes: by default one per CPU, at most one per
+proxy; `--sim-processes 0` runs them in the bench process, with the driver and the
+fakes under one GIL, as every run before it did.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ DEFAULTS = {
 # What `all` runs: (scenario, settings on top of its defaults). The last four are
 # diagnostics: the lag of a change when the previous one's kick has finished; the
 # idle cost with the file source's default poll interval; the rollout with 2 proxies
-# (a lighter load on the simulators, which share the bench process with the fake);
+# (a lighter load on the simulators);
 # Consul with 100 services (500 is more than the fake can serve on 2 cores).
 ALL: list[tuple[str, dict[str, Any]]] = [
     ("change", {"debounce": 0.0, "kick": True}),
@@ -75,7 +80,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "consul-flips, then four diagnostic runs (change with --gap 0.15, steady with "
         "--poll-interval 1, kube-rollout with --proxies 2, consul-flips with --upstreams "
         "100), and appends the figures to BENCHMARKS.md; options given to `all` override "
-        "every run (except --no-kick).",
+        "every run (except --no-kick). The simulators run in K child processes, "
+        "round-robin (see --sim-processes); the syncer is its own process, and the fakes "
+        "of the discovery scenarios run in the bench process.",
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
     p.add_argument("--proxies", type=int, help="simulated proxies")
@@ -112,17 +119,26 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="change: idle pause before each change, not counted in the lag (default 0)",
     )
+    p.add_argument(
+        "--sim-processes",
+        type=int,
+        metavar="K",
+        help="child processes hosting the simulated proxies, round-robin (default: one per "
+        f"CPU, here {os.cpu_count()}, at most one per proxy); 0 runs them in the bench "
+        "process, with the driver and the fakes under one GIL, as before",
+    )
     args = p.parse_args(argv)
     limits = {
         "proxies": (1, 100),
         "upstreams": (1, 60_000),
         "servers": (1, 254),
         "changes": (1, scenarios.MAX_CHANGES),
+        "sim_processes": (0, 100),
     }
     for name, (low, high) in limits.items():
         value = getattr(args, name)
         if value is not None and not low <= value <= high:
-            p.error(f"--{name} must be between {low} and {high}")
+            p.error(f"--{name.replace('_', '-')} must be between {low} and {high}")
     if args.duration is not None and args.duration <= 0:
         p.error("--duration must be positive")
     if args.rate is not None and not 0.1 <= args.rate <= 1000:
@@ -143,7 +159,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["proxies", "upstreams", "servers", "changes", "duration", "debounce"]
-    names += ["poll_interval", "gap", "rate", "rest"]
+    names += ["poll_interval", "gap", "rate", "rest", "sim_processes"]
     found = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_kick and args.scenario != "all":
         found["kick"] = False

@@ -1,7 +1,8 @@
 """Scenarios with a service-discovery source: `kube-rollout` and `consul-flips`.
 
 The fakes from the tests (`tests/fakes/`) play the Kubernetes API server and the
-Consul agent, in the bench process, on loopback; the syncer reads them with the
+Consul agent, in the bench process, on loopback (the simulated proxies run in child
+processes unless `--sim-processes 0`); the syncer reads them with the
 real client libraries. The bench changes their state through the fakes' controls,
 stamps `time.monotonic()` just before each change, and measures from that stamp to
 the simulators' `applied` events, like `change`.
@@ -62,16 +63,20 @@ def server_addresses(body: str) -> list[str]:
 
 
 def _rows_common(
-    bench: Bench, syncer: SyncerProcess, cpu: float, window: float, bench_cpu: float
+    bench: Bench, syncer: SyncerProcess, cpu: float, window: float, bench_cpu: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     return [
         *bench.proxy_rows(syncer),
         ("syncer CPU in the change window, % of one core", f"{100 * cpu / window:.1f} %"),
         ("syncer CPU (change window)", f"{cpu:.2f} s"),
         ("syncer CPU (since start)", f"{syncer.cpu_seconds():.2f} s"),
-        ("bench process CPU (fake, simulators, driver), change window", f"{bench_cpu:.2f} s"),
+        *bench_cpu,
         ("syncer warnings and errors logged", syncer.log_summary()),
     ]
+
+
+def _bench_cpu_rows(bench: Bench, since: tuple[float, float]) -> list[tuple[str, str]]:
+    return bench.cpu_rows(since, "fake, simulators, driver", "fake, driver", ", change window")
 
 
 # ----------------------------------------------------------------- lag from the POSTs
@@ -260,8 +265,7 @@ def wait_final(
     while not all_final():
         if time.monotonic() > deadline:
             return None
-        assert bench.syncer is not None
-        bench.syncer.check_alive()
+        bench.check_alive()
         time.sleep(0.05)
     return time.monotonic()
 
@@ -392,7 +396,7 @@ def kube_rollout(opts: Options) -> Result:
     if services > MAX_SERVICES:
         raise BenchError(f"kube-rollout: at most {MAX_SERVICES} services")
     interval = opts.duration / steps  # between two steps of one service
-    with Bench(opts.proxies) as bench:
+    with Bench(opts.proxies, opts.processes) as bench:
         kube = bench.enter_context(FakeKubeAPI())
         for k in range(services):
             annotations = {OPT_IN: upstream_name(k)}
@@ -411,7 +415,7 @@ def kube_rollout(opts: Options) -> Result:
         late: list[float] = []
         calls: list[float] = []  # how long each change took the fake (its lock is contended)
         events0 = sum(kube.events_sent.values())
-        cpu0, bench_cpu0, began = syncer.cpu_seconds(), time.process_time(), time.monotonic()
+        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
         checked, deadline, writes = began, began + DRIVER_SLACK * opts.duration, 0
         for due, k, done in schedule:
             if (left := began + due - time.monotonic()) > 0:
@@ -427,12 +431,12 @@ def kube_rollout(opts: Options) -> Result:
             if progress != versions[upstream_name(k)][-1][1]:
                 versions[upstream_name(k)].append((stamp, progress))
             if stamp - checked > ALIVE_EVERY:
-                syncer.check_alive()
+                bench.check_alive()
                 checked = stamp
         ended = time.monotonic()
         window = ended - began
         cpu = syncer.cpu_seconds() - cpu0
-        bench_cpu = time.process_time() - bench_cpu0
+        bench_cpu = _bench_cpu_rows(bench, bench_cpu0)
 
         def state_of(_name: str, body: str) -> State:
             return rollout_progress(body, pods)
@@ -530,7 +534,7 @@ def consul_flips(opts: Options) -> Result:
         raise BenchError("consul-flips: at least 2 instances per service")
     flips = round(opts.rate * opts.duration)
     rng = random.Random(7)
-    with Bench(opts.proxies) as bench:
+    with Bench(opts.proxies, opts.processes) as bench:
         agent = bench.enter_context(FakeConsulAgent())
         for k in range(services):
             for i in range(instances):
@@ -558,7 +562,7 @@ def consul_flips(opts: Options) -> Result:
         late: list[float] = []
         calls: list[float] = []  # how long each change took the fake (its lock is contended)
         before = len(agent.requests)
-        cpu0, bench_cpu0, began = syncer.cpu_seconds(), time.process_time(), time.monotonic()
+        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
         checked, deadline, made, crowded = began, began + DRIVER_SLACK * opts.duration, 0, 0
         for n in range(flips):
             due = n / opts.rate
@@ -576,12 +580,12 @@ def consul_flips(opts: Options) -> Result:
             calls.append(time.monotonic() - stamp)
             versions[upstream_name(k)].append((stamp, _passing(k, statuses[k])))
             if stamp - checked > ALIVE_EVERY:
-                syncer.check_alive()
+                bench.check_alive()
                 checked = stamp
         ended = time.monotonic()
         window = ended - began
         cpu = syncer.cpu_seconds() - cpu0
-        bench_cpu = time.process_time() - bench_cpu0
+        bench_cpu = _bench_cpu_rows(bench, bench_cpu0)
         flip_requests = agent.requests[before:]
 
         def state_of(_name: str, body: str) -> State:
@@ -645,6 +649,8 @@ def command(scenario: str, opts: Options) -> str:
         line += " --no-kick"
     if opts.debounce is not None:
         line += f" --debounce {opts.debounce:g}"
+    if opts.sim_processes is not None:
+        line += f" --sim-processes {opts.sim_processes}"
     return line
 
 
@@ -662,5 +668,5 @@ def setup(opts: Options) -> str:
         f"{opts.proxies} simulated proxies ({NGINX_WORKERS} nginx workers, "
         f"{SHM_ZONE_SIZE // 2**20} MiB zone, read_msg_timeout {READ_MSG_TIMEOUT:g} s); "
         f"debounce {debounce}; propagation kick {'on' if opts.kick else 'off'}; "
-        "the fake runs in the bench process."
+        f"the fake runs in the bench process; {opts.where_simulators()}."
     )

@@ -1,9 +1,11 @@
 """Shared machinery: simulated proxies, the syncer as a separate process, and figures.
 
-The simulated proxies run in the bench process with the module's defaults (2 nginx
-workers, `dyups_shm_zone_size` 2 MiB, `dyups_read_msg_timeout` 1 s, no nginx.conf
-upstream). The syncer runs as `python -m syncer.cli run -c CONFIG`, its own process,
-so that its CPU time and memory can be read from /proc.
+The simulated proxies have the module's defaults (2 nginx workers, `dyups_shm_zone_size`
+2 MiB, `dyups_read_msg_timeout` 1 s, no nginx.conf upstream). They run in K child
+processes (`bench.simproc`; by default one per CPU, at most one per proxy), or with
+K = 0 in the bench process, as they all did before. The syncer runs as
+`python -m syncer.cli run -c CONFIG`, its own process, so that its CPU time and memory
+can be read from /proc.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from bench.simproc import BenchError as BenchError
+from bench.simproc import (
+    Sim,
+    SimProcesses,
+    default_processes,
+    events_since,
+    process_cpu_seconds,
+)
 from syncer.testing.dyups import AppliedEvent, DyupsSimulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,10 +54,6 @@ APPLIED_LIMIT = 2_000_000  # events kept per simulator; far above what a run pro
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_DEBOUNCE = 0.1  # the syncer's default
 T = TypeVar("T")
-
-
-class BenchError(Exception):
-    """The run cannot go on (the syncer died, a wait timed out)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,24 @@ class Options:
     gap: float = 0.0  # change: idle pause before each change (not part of the lag)
     rate: float = 0.0  # consul-flips: health flips per second
     rest: float = 0.0  # consul-flips: idle window after the flips
+    sim_processes: int | None = None  # None: one per CPU, at most one per proxy; 0: none
 
     @property
     def debounce_s(self) -> float:
         return DEFAULT_DEBOUNCE if self.debounce is None else self.debounce
+
+    @property
+    def processes(self) -> int:
+        """Child processes for the simulators; 0: they run in the bench process."""
+        if self.sim_processes is None:
+            return default_processes(self.proxies)
+        return min(self.sim_processes, self.proxies)
+
+    def where_simulators(self) -> str:
+        k = self.processes
+        if k == 0:
+            return "the simulators run in the bench process"
+        return f"the simulators run in {k} child process{'es' if k > 1 else ''}, round-robin"
 
 
 @dataclass
@@ -163,23 +183,24 @@ class Tracker:
     events that do not matter.
     """
 
-    def __init__(self, sim: DyupsSimulator, key: Callable[[AppliedEvent], Hashable | None]):
+    def __init__(self, sim: Sim, key: Callable[[AppliedEvent], Hashable | None]):
         self.sim = sim
         self._key = key
         self._seen = 0
         self.first: dict[tuple[Hashable, int], float] = {}
         self.per_worker: Counter[int] = Counter()
 
-    def update(self) -> Tracker:
-        events = self.sim.applied
-        if len(events) >= APPLIED_LIMIT:
+    def update(self, wait: float = 0.0) -> Tracker:
+        """Read the new events; if there are none, wait up to `wait` seconds for one."""
+        events, total = events_since(self.sim, self._seen, wait)
+        if total >= APPLIED_LIMIT:
             raise BenchError("the simulator dropped applied events; run fewer changes")
-        for event in events[self._seen :]:
+        for event in events:
             key = self._key(event) if event.op == "post" else None
             if key is not None and (key, event.worker) not in self.first:
                 self.first[(key, event.worker)] = event.at
                 self.per_worker[event.worker] += 1
-        self._seen = len(events)
+        self._seen = total
         return self
 
     def accepted_at(self, key: Hashable) -> float | None:
@@ -205,25 +226,25 @@ class PostLog:
     the k-th POST, and the earliest of them is when that POST was accepted.
     """
 
-    def __init__(self, sim: DyupsSimulator) -> None:
+    def __init__(self, sim: Sim) -> None:
         self.sim = sim
-        self._seen = len(sim.applied)
+        self._seen = events_since(sim, APPLIED_LIMIT)[1]  # no events: how many there are
         self._by_name: dict[str, dict[int, list[tuple[float, str]]]] = {}
         self.latest: dict[str, str] = {}  # the body last applied by any worker
         self.touched: set[str] = set()  # names applied since the caller last cleared it
 
     def update(self) -> PostLog:
-        events = self.sim.applied
-        if len(events) >= APPLIED_LIMIT:
+        events, total = events_since(self.sim, self._seen)
+        if total >= APPLIED_LIMIT:
             raise BenchError("the simulator dropped applied events; run fewer changes")
-        for event in events[self._seen :]:
+        for event in events:
             if event.op == "post":
                 body = event.body or ""
                 per_worker = self._by_name.setdefault(event.name, {})
                 per_worker.setdefault(event.worker, []).append((event.at, body))
                 self.latest[event.name] = body
                 self.touched.add(event.name)
-        self._seen = len(events)
+        self._seen = total
         return self
 
     def posts(self, name: str) -> list[tuple[float, str]]:
@@ -344,9 +365,7 @@ class SyncerProcess:
 
     def cpu_seconds(self) -> float:
         """utime + stime of every thread, from /proc/PID/stat."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return process_cpu_seconds(self.pid)
 
     def _status_kib(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -408,7 +427,8 @@ class Metrics:
 
 def answer_times_row(metrics: Metrics) -> tuple[str, str]:
     """How long the simulated proxies took to answer, as the syncer timed it: the time
-    a worker waits for the bench process, which runs every simulator under one GIL."""
+    a worker waits for the simulators, which share a GIL with the other simulators of
+    their process (and with K = 0 with the bench's driver and fake)."""
     durations = []
     for method in ("POST", "GET"):
         n = metrics.total("dyups_syncer_request_duration_seconds_count", method=method)
@@ -423,17 +443,33 @@ def answer_times_row(metrics: Metrics) -> tuple[str, str]:
 # ----------------------------------------------------------------- one run
 
 
+def simulator_settings(seed: int) -> dict[str, Any]:
+    """The keyword arguments of one proxy's `DyupsSimulator`."""
+    return {
+        "workers": NGINX_WORKERS,
+        "shm_zone_size": SHM_ZONE_SIZE,
+        "read_msg_timeout": READ_MSG_TIMEOUT,
+        "seed": seed,
+        "applied_limit": APPLIED_LIMIT,
+    }
+
+
 class Bench:
     """One run: a temp dir, N simulated proxies and, once started, one syncer process.
 
-    Leaving the `with` block stops the syncer (SIGTERM, then SIGKILL), then the
-    simulators, then removes the temp dir, also on errors.
+    The simulators run in `processes` child processes (None: one per CPU, at most one
+    per proxy), or in this one with 0. Leaving the `with` block stops the syncer
+    (SIGTERM, then SIGKILL), then the simulators, then removes the temp dir, also on
+    errors.
     """
 
-    def __init__(self, proxies: int) -> None:
+    def __init__(self, proxies: int, processes: int | None = None) -> None:
         self._proxies = proxies
+        self.processes = default_processes(proxies) if processes is None else processes
+        self.processes = min(self.processes, proxies)
         self._stack = contextlib.ExitStack()
-        self.sims: list[DyupsSimulator] = []
+        self.sims: list[Sim] = []
+        self.sim_processes: SimProcesses | None = None
         self.syncer: SyncerProcess | None = None
         self.dir = Path(".")
         self.upstreams_file = Path("upstreams.yaml")
@@ -444,16 +480,17 @@ class Bench:
             tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="dyups-bench-"))
             self.dir = Path(tmp)
             self.upstreams_file = self.dir / "upstreams.yaml"
-            for i in range(self._proxies):
-                sim = DyupsSimulator(
-                    workers=NGINX_WORKERS,
-                    shm_zone_size=SHM_ZONE_SIZE,
-                    read_msg_timeout=READ_MSG_TIMEOUT,
-                    seed=i,
-                    applied_limit=APPLIED_LIMIT,
-                )
-                self._stack.callback(sim.stop)
-                self.sims.append(sim.start())
+            settings = [simulator_settings(i) for i in range(self._proxies)]
+            if self.processes:
+                children = SimProcesses(settings, self.processes)
+                self._stack.callback(children.close)
+                self.sim_processes = children
+                self.sims.extend(children.sims)
+            else:
+                for kwargs in settings:
+                    sim = DyupsSimulator(**kwargs)
+                    self._stack.callback(sim.stop)
+                    self.sims.append(sim.start())
         except BaseException:
             self._stack.close()
             raise
@@ -509,34 +546,67 @@ class Bench:
         self.syncer = syncer
         return syncer
 
-    def _alive(self) -> None:
+    def check_alive(self) -> None:
+        """BenchError if the syncer or a simulator process has exited."""
         if self.syncer is not None:
             self.syncer.check_alive()
+        if self.sim_processes is not None:
+            self.sim_processes.check_alive()
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll `predicate` every 20 ms until it holds; BenchError on timeout or a dead syncer."""
         deadline = time.monotonic() + timeout
         while not predicate():
-            self._alive()
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.02)
 
-    def wait_sim(
-        self, sim: DyupsSimulator, predicate: Callable[[], bool], timeout: float, what: str
-    ) -> None:
-        """Wait on the simulator's own change notifications (no polling delay)."""
+    def wait_sim(self, sim: Sim, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait on the simulator's change notifications in this process; a simulator in
+        a child process is polled every 50 ms."""
         deadline = time.monotonic() + timeout
         while not sim.wait_until(lambda _sim: predicate(), min(1.0, timeout)):
-            self._alive()
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def wait_tracker(
+        self, tracker: Tracker, done: Callable[[], bool], timeout: float, what: str
+    ) -> None:
+        """Until `done()` holds, reading the tracker's new events as they come (the wait
+        is in the simulator's process: no polling delay)."""
+        deadline = time.monotonic() + timeout
+        tracker.update()
+        while not done():
+            self.check_alive()
+            if (left := deadline - time.monotonic()) <= 0:
+                raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+            tracker.update(wait=min(1.0, left))
 
     def sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            self._alive()
+            self.check_alive()
             time.sleep(min(1.0, left))
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time so far of the bench process, and of the simulator processes."""
+        children = self.sim_processes.cpu_seconds() if self.sim_processes is not None else 0.0
+        return time.process_time(), children
+
+    def cpu_rows(
+        self, since: tuple[float, float], inside: str, outside: str, suffix: str = ""
+    ) -> list[tuple[str, str]]:
+        """The bench's CPU since `since` (from `cpu_seconds`). `inside` names what the bench
+        process runs with the simulators in it, `outside` without them."""
+        own, children = (now - then for now, then in zip(self.cpu_seconds(), since, strict=True))
+        if self.sim_processes is None:
+            return [(f"bench process CPU ({inside}){suffix}", f"{own:.2f} s")]
+        return [
+            (f"bench process CPU ({outside}){suffix}", f"{own:.2f} s"),
+            (f"simulator processes CPU ({self.processes} processes){suffix}", f"{children:.2f} s"),
+        ]
 
     def wait_synced(self, names: set[str], timeout: float) -> list[Tracker]:
         """Until every nginx worker of every proxy applied a POST of each name."""

@@ -48,6 +48,8 @@ def command(scenario: str, opts: Options) -> str:
         line += f" --poll-interval {opts.poll_interval:g}"
     if opts.gap:
         line += f" --gap {opts.gap:g}"
+    if opts.sim_processes is not None:
+        line += f" --sim-processes {opts.sim_processes}"
     return line
 
 
@@ -69,17 +71,17 @@ def setup(opts: Options) -> str:
         f"{SHM_ZONE_SIZE // 2**20} MiB zone, "
         f"read_msg_timeout {READ_MSG_TIMEOUT:g} s), {opts.upstreams} upstreams × {opts.servers} "
         f"servers; file source poll_interval {opts.poll_interval * 1000:g} ms; debounce {debounce}; "
-        f"propagation kick {'on' if opts.kick else 'off'}."
+        f"propagation kick {'on' if opts.kick else 'off'}; {opts.where_simulators()}."
     )
 
 
 def _syncer_rows(
-    syncer: SyncerProcess, phase: str, cpu: float, bench_cpu: float
+    bench: Bench, syncer: SyncerProcess, phase: str, cpu: float, bench_cpu0: tuple[float, float]
 ) -> list[tuple[str, str]]:
     return [
         (f"syncer CPU ({phase})", f"{cpu:.2f} s"),
         ("syncer CPU (since start)", f"{syncer.cpu_seconds():.2f} s"),
-        ("bench process CPU (simulators + driver)", f"{bench_cpu:.2f} s"),
+        *bench.cpu_rows(bench_cpu0, "simulators + driver", "driver"),
         ("syncer warnings and errors logged", syncer.log_summary()),
     ]
 
@@ -98,14 +100,14 @@ def marker_index(event: AppliedEvent) -> int | None:
 
 
 def _accepted(tracker: Tracker, i: int) -> Callable[[], bool]:
-    return lambda: tracker.update().accepted_at(i) is not None
+    return lambda: tracker.accepted_at(i) is not None
 
 
 def change(opts: Options) -> Result:
     if opts.changes > MAX_CHANGES:
         raise BenchError(f"--changes is at most {MAX_CHANGES}")
     spec = base_spec(opts.upstreams, opts.servers)
-    with Bench(opts.proxies) as bench:
+    with Bench(opts.proxies, opts.processes) as bench:
         bench.write_upstreams(spec)
         syncer = bench.start_syncer(opts)
         bench.wait_synced(set(spec), SYNC_TIMEOUT)
@@ -113,7 +115,7 @@ def change(opts: Options) -> Result:
         for sim in bench.sims:
             sim.reset_stats()
         trackers = [Tracker(sim, marker_index) for sim in bench.sims]
-        cpu0, bench_cpu0, began = syncer.cpu_seconds(), time.process_time(), time.monotonic()
+        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
 
         written: list[float] = []
         for i in range(opts.changes):
@@ -123,7 +125,7 @@ def change(opts: Options) -> Result:
                 bench.sleep(opts.gap)
             written.append(bench.write_upstreams(spec))
             for tracker in trackers:
-                bench.wait_sim(tracker.sim, _accepted(tracker, i), ACCEPT_TIMEOUT, f"change {i}")
+                bench.wait_tracker(tracker, _accepted(tracker, i), ACCEPT_TIMEOUT, f"change {i}")
         wall = time.monotonic() - began
         cpu = syncer.cpu_seconds() - cpu0
 
@@ -149,7 +151,7 @@ def change(opts: Options) -> Result:
             ("changes on every nginx worker of every proxy", f"{len(plane)} of {n}"),
             *bench.proxy_rows(syncer),
             ("wall time (measured phase)", f"{wall:.1f} s"),
-            *_syncer_rows(syncer, "measured phase", cpu, time.process_time() - bench_cpu0),
+            *_syncer_rows(bench, syncer, "measured phase", cpu, bench_cpu0),
         ]
     return Result(title("change", opts), command("change", opts), setup(opts), rows)
 
@@ -170,9 +172,9 @@ def _content_mismatches(bench: Bench, spec: dict[str, list[str]]) -> int:
 
 def cold(opts: Options) -> Result:
     spec = base_spec(opts.upstreams, opts.servers)
-    with Bench(opts.proxies) as bench:
+    with Bench(opts.proxies, opts.processes) as bench:
         bench.write_upstreams(spec)
-        bench_cpu0 = time.process_time()
+        bench_cpu0 = bench.cpu_seconds()
         syncer = bench.start_syncer(opts)
         trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
         cpu = syncer.cpu_seconds()
@@ -202,7 +204,7 @@ def cold(opts: Options) -> Result:
             *bench.proxy_rows(syncer),
             answers,
             ("wall time (start → all held, as seen by the bench)", f"{wall:.2f} s"),
-            *_syncer_rows(syncer, "start → all held", cpu, time.process_time() - bench_cpu0),
+            *_syncer_rows(bench, syncer, "start → all held", cpu, bench_cpu0),
         ]
     return Result(title("cold", opts), command("cold", opts), setup(opts), rows)
 
@@ -212,7 +214,7 @@ def cold(opts: Options) -> Result:
 
 def steady(opts: Options) -> Result:
     spec = base_spec(opts.upstreams, opts.servers)
-    with Bench(opts.proxies) as bench:
+    with Bench(opts.proxies, opts.processes) as bench:
         bench.write_upstreams(spec)
         syncer = bench.start_syncer(opts)
         trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
@@ -220,7 +222,7 @@ def steady(opts: Options) -> Result:
         bench.sleep(2 * SETTLE)
         for sim in bench.sims:
             sim.reset_stats()
-        cpu0, bench_cpu0, began = syncer.cpu_seconds(), time.process_time(), time.monotonic()
+        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
         bench.sleep(opts.duration)
         window = time.monotonic() - began
         cpu = syncer.cpu_seconds() - cpu0
@@ -236,6 +238,6 @@ def steady(opts: Options) -> Result:
             ("syncer CPU in the window, % of one core", f"{100 * cpu / window:.2f} %"),
             *bench.proxy_rows(syncer),
             ("syncer RSS at the end (VmRSS)", f"{syncer.rss_mib():.1f} MiB"),
-            *_syncer_rows(syncer, "window", cpu, time.process_time() - bench_cpu0),
+            *_syncer_rows(bench, syncer, "window", cpu, bench_cpu0),
         ]
     return Result(title("steady", opts), command("steady", opts), setup(opts), rows)
