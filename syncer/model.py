@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # RFC 1123 host names: labels of letters, digits and inner hyphens, 1-63 chars each.
@@ -31,6 +33,7 @@ MAX_SERVERS = 10_000  # a URI segment; far below the module's 8 KiB URI limit.
 SANDBOX_NAME = "_dyups_upstream_sandbox_"
 
 DEFAULT_WEIGHT = 1
+MAX_WEIGHT = 1_000_000
 DEFAULT_MAX_FAILS = 1
 DEFAULT_FAIL_TIMEOUT = 10
 
@@ -67,6 +70,25 @@ def _int_field(what: str, value: object, *, minimum: int, maximum: int | None = 
         upper = "" if maximum is None else f" and <= {maximum}"
         raise ModelError(f"{what} must be >= {minimum}{upper}, got {value}")
     return value
+
+
+def _float_field(what: str, value: object, *, minimum: float, maximum: float) -> float:
+    # Durations and fractions: YAML gives int or float; never bool, NaN or infinity.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ModelError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ModelError(f"{what} must be >= {minimum} and <= {maximum}, got {value!r}")
+    return float(value)
+
+
+def _zone_list(value: object) -> tuple[str, ...]:
+    """Zone names as label values, duplicates dropped, order kept."""
+    if not isinstance(value, tuple | list) or not all(isinstance(z, str) for z in value):
+        raise ModelError(f"for_zones must be a list of zone names, got {value!r}")
+    for zone in value:
+        if not zone or not _META_RE.fullmatch(zone):
+            raise ModelError(f"for_zones: {zone!r} is not a valid label value")
+    return tuple(dict.fromkeys(value))
 
 
 def _is_hostname(host: str) -> bool:
@@ -126,6 +148,13 @@ class Server:
     # part of equality (the proxy cannot report it).
     zone: str = field(default="", compare=False, repr=False)
     node: str = field(default="", compare=False, repr=False)
+    # EndpointSlice `hints.forZones`: the zones whose proxies should prefer this
+    # endpoint. Metadata like `zone`: never rendered, not part of equality.
+    for_zones: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # The endpoint is terminating (Kubernetes) and should leave rotation. Never
+    # rendered: `syncer.traffic` turns it into a dropped or `backup` server before
+    # planning. Part of equality, so the start of a drain is a change in the store.
+    draining: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -133,17 +162,46 @@ class Server:
             value = getattr(self, what)
             if not isinstance(value, str) or not _META_RE.fullmatch(value):
                 raise ModelError(f"{what} {getattr(self, what)!r} is not a valid label value")
+        set_(self, "for_zones", _zone_list(self.for_zones))
         if not isinstance(self.host, str) or not isinstance(self.allow_hostname, bool):
             raise ModelError(f"host must be a string, got {self.host!r}")  # before the cache
         set_(self, "host", canonical_host(self.host, allow_hostname=self.allow_hostname))
         _int_field("port", self.port, minimum=1, maximum=65535)
-        _int_field("weight", self.weight, minimum=1, maximum=1_000_000)
+        _int_field("weight", self.weight, minimum=1, maximum=MAX_WEIGHT)
         _int_field("max_fails", self.max_fails, minimum=0, maximum=1_000_000)
         _int_field("fail_timeout", self.fail_timeout, minimum=0, maximum=365 * 24 * 3600)
         _int_field("max_conns", self.max_conns, minimum=0, maximum=1_000_000_000)
-        for flag in ("backup", "down"):
+        for flag in ("backup", "down", "draining"):
             if not isinstance(getattr(self, flag), bool):
                 raise ModelError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+
+    def adjusted(
+        self,
+        *,
+        weight: int | None = None,
+        backup: bool | None = None,
+        down: bool | None = None,
+    ) -> Server:
+        """A copy with what a traffic policy sets, no longer draining.
+
+        Checks only the values that change (the others were checked when `self`
+        was built): traffic policies copy servers per proxy and per plan, and a
+        full re-validation there costs more than the rest of the policy.
+        """
+        new = object.__new__(Server)
+        for name in _SERVER_FIELDS:
+            object.__setattr__(new, name, getattr(self, name))
+        if weight is not None:
+            object.__setattr__(
+                new, "weight", _int_field("weight", weight, minimum=1, maximum=MAX_WEIGHT)
+            )
+        for flag, value in (("backup", backup), ("down", down)):
+            if value is not None:
+                if not isinstance(value, bool):
+                    raise ModelError(f"{flag} must be true or false, got {value!r}")
+                object.__setattr__(new, flag, value)
+        object.__setattr__(new, "draining", False)
+        return new
 
     @property
     def is_ip(self) -> bool:
@@ -171,6 +229,8 @@ class Server:
             parts.append("down")
         return " ".join(parts) + ";"
 
+
+_SERVER_FIELDS = tuple(f.name for f in fields(Server))
 
 # Upstream-level directives we will ever send. No variables (a variable nginx.conf
 # does not already use poisons the worker), never `zone` (cannot work at run time).
@@ -233,6 +293,93 @@ class Directive:
         return cls(words[0], tuple(words[1:]))
 
 
+class EmptyPolicy(StrEnum):
+    """What a proxy gets while the service behind an upstream has no endpoint."""
+
+    KEEP = "keep"  # the last known servers (the store holds them)
+    FALLBACK = "fallback"  # the configured fallback servers instead
+    DOWN = "down"  # the last known servers, all marked `down` (nginx answers 502)
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """Per-upstream choices `syncer.traffic` applies per proxy; never rendered.
+
+    Part of `Upstream` equality, so a policy change is a change of the upstream.
+    The default changes nothing: what the source says is what every proxy gets.
+    """
+
+    zone_aware: bool = False
+    # Keep everything primary unless the proxy's zone has at least this many
+    # ready endpoints and at least this fraction of all of them.
+    min_local: int = 2
+    min_local_fraction: float = 0.2
+    # ip_hash and random cannot have backup servers: local ones get weight × this.
+    local_weight_multiplier: int = 10
+    slow_start: float = 0.0  # seconds; 0 = off
+    slow_start_steps: int = 3
+    empty: EmptyPolicy = EmptyPolicy.KEEP
+    fallback: tuple[Server, ...] = ()
+    drain_as_backup: bool = False
+    drain_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for flag in ("zone_aware", "drain_as_backup"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ModelError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        _int_field("min_local", self.min_local, minimum=1, maximum=MAX_SERVERS)
+        set_(
+            self,
+            "min_local_fraction",
+            _float_field("min_local_fraction", self.min_local_fraction, minimum=0, maximum=1),
+        )
+        _int_field(
+            "local_weight_multiplier", self.local_weight_multiplier, minimum=1, maximum=MAX_WEIGHT
+        )
+        day = 24 * 3600.0
+        set_(
+            self, "slow_start", _float_field("slow_start", self.slow_start, minimum=0, maximum=day)
+        )
+        # One step would enter at full weight: not a ramp.
+        _int_field("slow_start_steps", self.slow_start_steps, minimum=2, maximum=100)
+        set_(
+            self,
+            "drain_seconds",
+            _float_field("drain_seconds", self.drain_seconds, minimum=0, maximum=day),
+        )
+        try:
+            set_(self, "empty", EmptyPolicy(self.empty))
+        except ValueError as e:
+            allowed = ", ".join(p.value for p in EmptyPolicy)
+            raise ModelError(f"empty must be one of {allowed}, got {self.empty!r}") from e
+        set_(self, "fallback", self._check_fallback())
+
+    def _check_fallback(self) -> tuple[Server, ...]:
+        if not isinstance(self.fallback, tuple | list) or not all(
+            isinstance(s, Server) for s in self.fallback
+        ):
+            raise ModelError(f"fallback must be a list of servers, got {self.fallback!r}")
+        servers = tuple(sorted(self.fallback))  # canonical, so equal policies compare equal
+        if (self.empty is EmptyPolicy.FALLBACK) != bool(servers):
+            raise ModelError("fallback servers are required with empty: fallback, and only then")
+        if len(servers) > MAX_SERVERS:
+            raise ModelError(f"fallback has {len(servers)} servers; at most {MAX_SERVERS}")
+        if len({s.address for s in servers}) != len(servers):
+            raise ModelError("fallback lists a server twice")
+        if any(s.backup or s.draining for s in servers):
+            raise ModelError("fallback servers cannot be backup or draining")
+        return servers
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether the policy reads when endpoints appeared or started draining."""
+        return self.slow_start > 0 or self.drain_as_backup
+
+
+DEFAULT_TRAFFIC = TrafficPolicy()
+
+
 def _sort_directives(directives: Iterable[Directive]) -> tuple[Directive, ...]:
     # The balancer must precede keepalive (nginx docs); a fixed order also makes
     # rendering canonical, so equal upstreams always produce equal bodies.
@@ -247,11 +394,17 @@ class Upstream:
     name: str
     servers: tuple[Server, ...]
     directives: tuple[Directive, ...] = ()
+    # Applied per proxy by `syncer.traffic`; never rendered (body and digest do not
+    # depend on it), but part of equality so that a policy change is a change.
+    traffic: TrafficPolicy = DEFAULT_TRAFFIC
     # Computed once, since planning reads them for every upstream of every proxy:
     # the rendered body, and whether any server is a host name rather than an IP.
     body: str = field(init=False, repr=False, compare=False, default="")
     has_hostnames: bool = field(init=False, repr=False, compare=False, default=False)
     digest: str = field(init=False, repr=False, compare=False, default="")  # body_hash(body)
+    # Whether any server is draining: lets `syncer.traffic` pass the common case
+    # through without looking at each server.
+    has_draining: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", normalize_name(self.name))
@@ -264,6 +417,15 @@ class Upstream:
             )
         if all(s.backup for s in servers):
             raise ModelError(f"upstream {self.name!r} has only backup servers")
+        if all(s.backup or s.draining for s in servers):
+            # Draining servers leave rotation; one must stay. A source with only
+            # terminating endpoints serves them as plain servers (kube-proxy's
+            # terminating fallback) rather than marking them all draining.
+            raise ModelError(
+                f"upstream {self.name!r} has no server that is neither backup nor draining"
+            )
+        if not isinstance(self.traffic, TrafficPolicy):
+            raise ModelError(f"upstream {self.name!r}: traffic must be a TrafficPolicy")
         seen: set[str] = set()
         for server in servers:
             if server.address in seen:
@@ -289,6 +451,7 @@ class Upstream:
         object.__setattr__(self, "body", self._render())
         object.__setattr__(self, "has_hostnames", any(not s.is_ip for s in servers))
         object.__setattr__(self, "digest", body_hash(self.body))
+        object.__setattr__(self, "has_draining", any(s.draining for s in servers))
 
     def render(self) -> str:
         """The canonical POST body (see `_render`)."""
