@@ -4,6 +4,10 @@
 kube-rollout, consul-flips) and appends the figures to BENCHMARKS.md. Nothing is
 asserted: targets are for reading.
 
+`baselines` runs the same changes against dyups-syncer and the two strategies it
+replaces (`bench/baselines/`: full push, poll and diff, every `--interval` seconds) and
+prints one table with the ratios; it is not part of `all`.
+
 The simulated proxies run in K child processes, round-robin (`bench/simproc.py`), as
 real proxies are separate nginx processes: by default one per CPU, at most one per
 proxy; `--sim-processes 0` runs them in the bench process, with the driver and the
@@ -21,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench import discovery, scenarios
+from bench.baselines import scenario as baselines
 from bench.harness import (
     POLL_INTERVAL,
     REPO,
@@ -38,6 +43,7 @@ SCENARIOS: dict[str, Callable[[Options], Result]] = {
     "steady": scenarios.steady,
     "kube-rollout": discovery.kube_rollout,
     "consul-flips": discovery.consul_flips,
+    "baselines": baselines.baselines,
 }
 DISCOVERY = {"kube-rollout", "consul-flips"}
 # The issues' parameters. kube-rollout: services × endpoints, rollout duration;
@@ -48,6 +54,7 @@ DEFAULTS = {
     "steady": Options(10, 200, 10, 0, 60.0, kick=True, debounce=None),
     "kube-rollout": Options(10, 200, 20, 0, 60.0, kick=True, debounce=None),
     "consul-flips": Options(10, 500, 10, 0, 60.0, kick=True, debounce=None, rate=50, rest=20),
+    "baselines": baselines.BaselineOptions(10, 200, 10, 0, 60.0, kick=True, debounce=None),
 }
 # What `all` runs: (scenario, settings on top of its defaults). The last four are
 # diagnostics: the lag of a change when the previous one's kick has finished; the
@@ -82,7 +89,10 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "100), and appends the figures to BENCHMARKS.md; options given to `all` override "
         "every run (except --no-kick). The simulators run in K child processes, "
         "round-robin (see --sim-processes); the syncer is its own process, and the fakes "
-        "of the discovery scenarios run in the bench process.",
+        "of the discovery scenarios run in the bench process. `baselines` (not in `all`): "
+        "10 × 200 × 10, a single-upstream change every 2 s on average for 60 s, run against "
+        "dyups-syncer, a full push and a poll-and-diff every --interval (10 s), each with "
+        "fresh simulators; one table with their lag, requests, CPU and ratios.",
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
     p.add_argument("--proxies", type=int, help="simulated proxies")
@@ -95,7 +105,14 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--duration",
         type=float,
         metavar="SECONDS",
-        help="steady: idle window; kube-rollout: the rolling restart; consul-flips: the flips",
+        help="steady: idle window; kube-rollout: the rolling restart; consul-flips: the flips; "
+        "baselines: the window of changes",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help=f"baselines: the baselines' interval (default {baselines.DEFAULT_INTERVAL:g})",
     )
     p.add_argument("--rate", type=float, metavar="PER_SECOND", help="consul-flips: health flips")
     p.add_argument(
@@ -152,6 +169,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("debounce", "gap"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             p.error(f"--{name} cannot be negative")
+    if args.interval is not None and (args.scenario != "baselines" or args.interval <= 0):
+        p.error("--interval is for baselines only, and must be positive")
     if args.poll_interval is not None and not 0.001 <= args.poll_interval <= 60:
         p.error("--poll-interval must be between 0.001 and 60")
     return args
@@ -159,7 +178,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["proxies", "upstreams", "servers", "changes", "duration", "debounce"]
-    names += ["poll_interval", "gap", "rate", "rest", "sim_processes"]
+    names += ["poll_interval", "gap", "rate", "rest", "sim_processes", "interval"]
     found = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_kick and args.scenario != "all":
         found["kick"] = False
@@ -168,6 +187,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run(scenario: str, opts: Options) -> Result:
     describe = discovery.command if scenario in DISCOVERY else scenarios.command
+    if scenario == "baselines":
+        describe = baselines.command
     print(f"running: {describe(scenario, opts)}", file=sys.stderr, flush=True)
     with OtherLoad() as other:
         result = SCENARIOS[scenario](opts)
