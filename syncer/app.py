@@ -74,6 +74,7 @@ def worker_settings(config: Config, proxy: ProxyConfig) -> WorkerSettings:
         down_backoff_max=2 * config.probe_interval,
         dump_path=proxy.dump_path,
         max_body_size=proxy.max_body_size,
+        zone=proxy.zone,
     )
 
 

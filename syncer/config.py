@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,12 +26,16 @@ from pydantic import (
     model_validator,
 )
 
-from syncer.model import ModelError, normalize_name
+from syncer.model import ModelError, TrafficPolicy, label_value, normalize_name
+from syncer.traffic import PolicyFieldError, policy_from_fields
 
 ENV_PREFIX = "DYUPS_SYNCER_"
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+# Bounded runs of ASCII digits (`\d` also matches other scripts' digits).
+_DURATION_RE = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h)?")
 _DURATION_UNIT = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_RE = re.compile(r"(\d+)([kKmMgG])?")
+_SIZE_RE = re.compile(r"([0-9]{1,15})([kKmMgG])?")
+# The longest wait Python can make (`Event.wait` raises OverflowError beyond it).
+MAX_DURATION = threading.TIMEOUT_MAX
 _SIZE_UNIT = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
@@ -43,14 +48,19 @@ class ConfigError(Exception):
 def _duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 100ms, 10s or 5m")
+    if isinstance(value, int) and value.bit_length() >= 64:
+        # `0x` and 4,000 digits is a YAML integer: too large for a float, and for repr().
+        raise ValueError(f"a duration must be between 0 and {MAX_DURATION:.0f} s")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = float(value)  # `.inf` and `.nan` are YAML floats
     elif isinstance(value, str) and (m := _DURATION_RE.fullmatch(value.strip())):
         seconds = float(m.group(1)) * _DURATION_UNIT[m.group(2)]
     else:
         raise ValueError(f"expected a duration like 100ms, 10s or 5m, got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not seconds <= MAX_DURATION:  # also refuses NaN
+        raise ValueError(f"a duration must be at most {MAX_DURATION:.0f} s, got {value!r}")
     return seconds
 
 
@@ -199,6 +209,16 @@ class ProxySettings(_Strict):
     # The proxy's client_max_body_size: a larger body is refused here (nginx would
     # answer 413), logged and counted, never sent.
     max_body_size: Size = 1024 * 1024
+    # The proxy's zone, for zone-aware upstreams (traffic policies). Discovery can
+    # read it instead: `zone_label` of the pod's node, `zone_meta` of the Consul node.
+    zone: str = ""
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if label_value(value) != value:
+            raise ValueError("must be a label value ([A-Za-z0-9._-], at most 63 characters)")
+        return value
 
     @field_validator("headers")
     @classmethod
@@ -324,6 +344,46 @@ class LogConfig(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class TrafficConfig(_Strict):
+    """Default traffic policy of every upstream; a Service annotation, Consul meta or
+    file source entry overrides it per upstream (see docs/traffic.md)."""
+
+    zone_aware: bool = False
+    min_local: int = Field(default=2, ge=1)
+    min_local_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    local_weight_multiplier: int = Field(default=10, ge=1)
+    slow_start: Duration = 0.0
+    slow_start_steps: int = Field(default=3, ge=2, le=100)
+    empty: Literal["keep", "fallback", "down"] = "keep"
+    fallback: list[str] = []  # IP:port of a local maintenance backend
+    drain_as_backup: bool = False
+    drain_seconds: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _policy(self) -> TrafficConfig:
+        self.policy()  # raises ValueError with the field named
+        return self
+
+    def policy(self) -> TrafficPolicy:
+        fields = {
+            "zone-aware": str(self.zone_aware).lower(),
+            "min-local": str(self.min_local),
+            "min-local-fraction": repr(self.min_local_fraction),
+            "local-weight-multiplier": str(self.local_weight_multiplier),
+            "slow-start": f"{round(self.slow_start * 1000)}ms",
+            "slow-start-steps": str(self.slow_start_steps),
+            "empty": self.empty,
+            "drain-as-backup": str(self.drain_as_backup).lower(),
+            "drain-seconds": f"{round(self.drain_seconds * 1000)}ms",
+        }
+        if self.fallback:
+            fields["fallback"] = ",".join(self.fallback)
+        try:
+            return policy_from_fields(fields, TrafficPolicy())
+        except PolicyFieldError as e:
+            raise ValueError(str(e)) from e
+
+
 class Config(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     proxies: ProxiesConfig
@@ -343,6 +403,7 @@ class Config(_Strict):
     state_endpoint: bool = True
     log: LogConfig = LogConfig()
     leader_election: LeaderElectionConfig = LeaderElectionConfig()
+    traffic: TrafficConfig = TrafficConfig()
 
     @field_validator("resync_interval", "probe_interval")
     @classmethod
@@ -455,9 +516,19 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     origin = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError([f"{origin}: cannot read: {e.strerror or e}"]) from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            [
+                f"{origin}: not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start}"
+                f" (line {line}): {e.reason}"
+            ]
+        ) from e
     try:
         data = _yaml(text)
     except ValueError as e:

@@ -19,13 +19,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from syncer.model import ModelError, Upstream, upstream_from_body
 from syncer.snapshot import SnapshotData
+from syncer.traffic import (
+    History,
+    advance_history,
+    policy_meta,
+    topology_changed,
+    with_policy_meta,
+)
 
 _REMOVED_KEEP = 10_000  # how many removal times to remember for lag of deletes
 _PUBLISHED_KEEP = 4096  # how many version publication times to remember
@@ -41,6 +48,11 @@ class DesiredState:
     ready: bool
     restoring: bool
     override_breaker: bool = False
+    # For traffic policies: when each server of a policy-bearing upstream was first
+    # seen (and since when it drains), and the upstreams holding their last known
+    # servers because their service has no usable endpoint.
+    history: History = field(default_factory=dict)
+    held_empty: frozenset[str] = frozenset()
 
     @property
     def servers(self) -> int:
@@ -86,6 +98,11 @@ class Store:
         self._synced: set[str] = set()
         self._restored: set[str] = set()
         self._held_empty: set[str] = set()
+        self._held_names: dict[str, frozenset[str]] = {}  # per source: services held empty
+        self._history: History = {}
+        # What the snapshot restored, until every source has answered: its servers
+        # were already serving, so they must not ramp up as if new.
+        self._restored_upstreams: dict[str, Upstream] = {}
         self._proxies: dict[str, ProxyRecord] = {}
         self._override_version: int | None = None
         # Ownership learnt from the leader (leader election): names the fleet of
@@ -115,10 +132,11 @@ class Store:
                 restored: dict[str, Upstream] = {}
                 for name, raw in upstreams.items():
                     try:
-                        restored[name] = upstream_from_body(name, raw)
+                        restored[name] = _restore_upstream(name, raw)
                     except ModelError as e:
                         problems.append(f"upstream {name!r} of {source!r}: {e}")
                 self._by_source[source] = restored
+                self._restored_upstreams.update(restored)
                 for name in restored:
                     self._owner.setdefault(name, source)
                 self._restored.add(source)
@@ -144,7 +162,9 @@ class Store:
                 for url, rec in self._proxies.items()
             }
         return SnapshotData(
-            sources={src: {n: u.body for n, u in ups.items()} for src, ups in sources.items()},
+            sources={
+                src: {n: _snapshot_entry(u) for n, u in ups.items()} for src, ups in sources.items()
+            },
             proxies=proxies,
         )
 
@@ -156,9 +176,12 @@ class Store:
         *,
         changed_at: float | None = None,
         changed_at_by_name: Mapping[str, float] | None = None,
+        held_empty: Collection[str] = (),
     ) -> PublishResult:
         """Replace everything `source` provides. `changed_at`: when the change happened
-        at the origin (defaults to now); `changed_at_by_name` refines it per upstream."""
+        at the origin (defaults to now); `changed_at_by_name` refines it per upstream.
+        `held_empty`: upstreams kept with their last known servers because their
+        service has no usable endpoint now (their empty policy applies)."""
         if source not in self._by_source:
             raise KeyError(f"unknown source {source!r}")
         when = self._clock() if changed_at is None else changed_at
@@ -181,7 +204,18 @@ class Store:
                     collisions.append(name)
                     continue
                 accepted[name] = upstream
-            changed = [n for n, u in accepted.items() if previous.get(n) != u]
+            changed = []
+            for name, upstream in accepted.items():
+                before = previous.get(name)
+                if before != upstream or topology_changed(before, upstream):
+                    changed.append(name)
+                else:
+                    # Keep the object already handed out: per-proxy policy decisions
+                    # are memoised on its identity.
+                    accepted[name] = before
+            held = frozenset(held_empty)
+            held_changed = held != self._held_names.get(source, frozenset())
+            self._held_names[source] = held
             removed = [n for n in previous if n not in accepted]
             for name in changed:
                 self._owner[name] = source
@@ -194,7 +228,7 @@ class Store:
             while len(self._removed_at) > _REMOVED_KEEP:
                 self._removed_at.popitem(last=False)
             self._by_source[source] = accepted
-            if changed or removed or first_live:
+            if changed or removed or first_live or held_changed:
                 self._bump()
             return PublishResult(tuple(changed), tuple(removed), tuple(sorted(collisions)))
 
@@ -216,13 +250,26 @@ class Store:
                     merged[name] = upstream
         changed_at = {**self._removed_at, **self._changed_at}
         known = self._synced | self._restored
+        restoring = not all(s in self._synced for s in self._sources)
+        self._history = advance_history(
+            self._history, merged, self._clock(), known=self._restored_upstreams
+        )
+        if not restoring:
+            self._restored_upstreams = {}
+        held: set[str] = set()
+        for source in self._sources:
+            if source in self._held_empty:
+                held.update(self._by_source[source])  # the whole source answered nothing
+            held.update(self._held_names.get(source, ()))
         return DesiredState(
             version=self._version,
             upstreams=MappingProxyType(merged),
             changed_at=MappingProxyType(changed_at),
             ready=all(s in known for s in self._sources),
-            restoring=not all(s in self._synced for s in self._sources),
+            restoring=restoring,
             override_breaker=self._override_version == self._version,
+            history=MappingProxyType(dict(self._history)),
+            held_empty=frozenset(held & merged.keys()),
         )
 
     def _bump(self) -> None:
@@ -359,3 +406,16 @@ class Store:
                     for s in self._sources
                 },
             }
+
+
+def _snapshot_entry(upstream: Upstream) -> str | dict[str, object]:
+    """The body; with what traffic policies read beside it, for an upstream under one."""
+    meta = policy_meta(upstream)
+    return upstream.body if meta is None else {"body": upstream.body, **meta}
+
+
+def _restore_upstream(name: str, raw: object) -> Upstream:
+    if isinstance(raw, dict):
+        upstream = upstream_from_body(name, raw.get("body"))  # type: ignore[arg-type]
+        return with_policy_meta(upstream, raw)
+    return upstream_from_body(name, raw)  # type: ignore[arg-type]

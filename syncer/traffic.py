@@ -32,11 +32,14 @@ zone-aware upstream changed although it compares equal.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from syncer.model import (
+    DEFAULT_TRAFFIC,
     MAX_WEIGHT,
     NO_BACKUP_BALANCERS,
     EmptyPolicy,
@@ -604,3 +607,186 @@ __all__ = [
     "ramp_weight",
     "topology_changed",
 ]
+
+
+# ---------------------------------------------------------------- from text
+
+# The keys a Service annotation (`dyups-syncer.io/<key>`), a Consul service meta
+# (`dyups-<key>`) or a file source upstream (`traffic: {<key>: …}`, also with `_`)
+# may set; values are strings, as annotations and meta are.
+POLICY_KEYS = (
+    "zone-aware",
+    "min-local",
+    "min-local-fraction",
+    "local-weight-multiplier",
+    "slow-start",
+    "slow-start-steps",
+    "empty",
+    "fallback",
+    "drain-as-backup",
+    "drain-seconds",
+)
+_SECONDS_RE = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,3}))?(ms|s|m)?")
+_INT_RE = re.compile(r"[0-9]{1,9}")
+_FRACTION_RE = re.compile(r"(?:0|1)(?:\.[0-9]{1,17})?|\.[0-9]{1,17}")
+_FLAGS = {"true": True, "yes": True, "on": True, "1": True}
+_FLAGS.update({"false": False, "no": False, "off": False, "0": False})
+
+
+class PolicyFieldError(ModelError):
+    """A traffic-policy value that cannot be used; `key` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def policy_from_fields(fields: Mapping[str, str], base: TrafficPolicy) -> TrafficPolicy:
+    """`base` with the policy keys present in `fields` applied (others ignored).
+
+    Strict: every value is a short plain word or number, so nothing from an
+    annotation or a tag can reach a rendered body except through `Server`."""
+    changes: dict[str, object] = {}
+    for key in POLICY_KEYS:
+        raw = fields.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, str) or len(raw) > 512:
+            raise PolicyFieldError(key, f"must be a short string, got {raw!r}")
+        value = raw.strip()
+        attr = key.replace("-", "_")
+        changes[attr] = _policy_value(key, value)
+    if not changes:
+        return base
+    if changes.get("empty") not in (None, EmptyPolicy.FALLBACK) and "fallback" not in changes:
+        changes["fallback"] = ()  # another empty policy drops an inherited fallback
+    try:
+        return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    except ModelError as e:
+        raise PolicyFieldError(next(iter(changes)).replace("_", "-"), str(e)) from e
+
+
+def _policy_value(key: str, value: str) -> object:
+    if key in ("zone-aware", "drain-as-backup"):
+        flag = _FLAGS.get(value.lower())
+        if flag is None:
+            raise PolicyFieldError(key, f"must be true or false, got {value!r}")
+        return flag
+    if key in ("min-local", "local-weight-multiplier", "slow-start-steps"):
+        if not _INT_RE.fullmatch(value):
+            raise PolicyFieldError(key, f"must be a whole number, got {value!r}")
+        return int(value)
+    if key == "min-local-fraction":
+        if not _FRACTION_RE.fullmatch(value):
+            raise PolicyFieldError(key, f"must be a fraction between 0 and 1, got {value!r}")
+        return float(value)
+    if key in ("slow-start", "drain-seconds"):
+        return _seconds(key, value)
+    if key == "empty":
+        try:
+            return EmptyPolicy(value.lower())
+        except ValueError:
+            allowed = ", ".join(p.value for p in EmptyPolicy)
+            raise PolicyFieldError(key, f"must be one of {allowed}, got {value!r}") from None
+    return _fallback_servers(key, value)
+
+
+def _seconds(key: str, value: str) -> float:
+    match = _SECONDS_RE.fullmatch(value)
+    if not match:
+        raise PolicyFieldError(key, f"must be a duration like 30s, 500ms or 2m, got {value!r}")
+    number = float(f"{match.group(1)}.{match.group(2) or 0}")
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[match.group(3)]
+
+
+def _fallback_servers(key: str, value: str) -> tuple[Server, ...]:
+    """`host:port[,host:port…]`: IP literals only (no DNS from an annotation)."""
+    servers: list[Server] = []
+    for part in value.split(","):
+        address = part.strip()
+        match = _ADDRESS_RE.fullmatch(address)
+        if not match:
+            raise PolicyFieldError(key, f"must be IP:port[,IP:port], got {address!r}")
+        host = match.group("v6") or match.group("v4")
+        try:
+            servers.append(Server(host, int(match.group("port"))))
+        except ModelError as e:
+            raise PolicyFieldError(key, str(e)) from e
+    return tuple(servers)
+
+
+_ADDRESS_RE = re.compile(
+    r"(?:\[(?P<v6>[0-9a-fA-F:.]{2,45})\]|(?P<v4>[0-9.]{7,15})):(?P<port>[0-9]{1,5})"
+)
+
+
+# ---------------------------------------------------------------- snapshot
+
+# The body alone does not carry what policies read (it is never rendered): the
+# snapshot keeps it beside the body for upstreams under a policy, so a restart
+# with the source down plans the same per-proxy upstreams as before.
+
+
+def policy_fields(policy: TrafficPolicy) -> dict[str, str]:
+    """The inverse of `policy_from_fields` (every key, as text)."""
+    fields = {
+        "zone-aware": str(policy.zone_aware).lower(),
+        "min-local": str(policy.min_local),
+        "min-local-fraction": repr(policy.min_local_fraction),
+        "local-weight-multiplier": str(policy.local_weight_multiplier),
+        "slow-start": f"{round(policy.slow_start * 1000)}ms",
+        "slow-start-steps": str(policy.slow_start_steps),
+        "empty": policy.empty.value,
+        "drain-as-backup": str(policy.drain_as_backup).lower(),
+        "drain-seconds": f"{round(policy.drain_seconds * 1000)}ms",
+    }
+    if policy.fallback:
+        fields["fallback"] = ",".join(s.address for s in policy.fallback)
+    return fields
+
+
+def policy_meta(upstream: Upstream) -> dict[str, object] | None:
+    """What the snapshot keeps beside the body; None for an upstream under no policy."""
+    if upstream.traffic == DEFAULT_TRAFFIC and not upstream.has_draining:
+        return None
+    servers: dict[str, dict[str, object]] = {}
+    for s in upstream.servers:
+        entry: dict[str, object] = {}
+        if s.zone:
+            entry["zone"] = s.zone
+        if s.node:
+            entry["node"] = s.node
+        if s.for_zones:
+            entry["for_zones"] = list(s.for_zones)
+        if s.draining:
+            entry["draining"] = True
+        if entry:
+            servers[s.address] = entry
+    return {"traffic": policy_fields(upstream.traffic), "servers": servers}
+
+
+def with_policy_meta(upstream: Upstream, meta: Mapping[str, object]) -> Upstream:
+    """`upstream` (rebuilt from its body) with what `policy_meta` kept; ModelError if
+    the entry is not what `policy_meta` writes."""
+    traffic, servers = meta.get("traffic"), meta.get("servers")
+    if not isinstance(traffic, Mapping) or not isinstance(servers, Mapping):
+        raise ModelError(f"upstream {upstream.name!r}: malformed policy entry")
+    policy = policy_from_fields(traffic, DEFAULT_TRAFFIC)
+    rebuilt: list[Server] = []
+    for server in upstream.servers:
+        extra = servers.get(server.address) or {}
+        if not isinstance(extra, Mapping):
+            raise ModelError(f"upstream {upstream.name!r}: malformed entry of {server.address}")
+        for_zones = extra.get("for_zones", [])
+        if not isinstance(for_zones, list):
+            raise ModelError(f"upstream {upstream.name!r}: for_zones must be a list")
+        rebuilt.append(
+            dataclasses.replace(
+                server,
+                zone=extra.get("zone", ""),
+                node=extra.get("node", ""),
+                for_zones=tuple(for_zones),
+                draining=extra.get("draining", False),
+            )
+        )
+    return Upstream(upstream.name, tuple(rebuilt), upstream.directives, traffic=policy)

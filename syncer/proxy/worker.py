@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import tenacity
 
 from syncer.metrics import Metrics
-from syncer.model import ObservedUpstream, Upstream
+from syncer.model import DEFAULT_TRAFFIC, ObservedUpstream, Upstream
 from syncer.plan import (
     Delete,
     Mode,
@@ -45,6 +45,7 @@ from syncer.proxy.dyups import (
 )
 from syncer.proxy.pacing import DEFAULT_BUDGET, Budget, TokenBucket, message_cost
 from syncer.state import DesiredState, Store
+from syncer.traffic import Decision, DecisionMemo, ProxyTraits, next_change
 
 FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps failing
 
@@ -67,6 +68,7 @@ class WorkerSettings:
     down_backoff_max: float = 10.0
     dump_path: Path | None = None
     max_body_size: int = 1024 * 1024
+    zone: str = ""  # the proxy's zone, for zone-aware upstreams
 
 
 class ProxyWorker:
@@ -125,6 +127,13 @@ class ProxyWorker:
         self._dumped: dict[str, Upstream] | None = None
         self._kick = threading.Event()
         self._kicker: threading.Thread | None = None
+        # Traffic policies: what this proxy should get of each upstream. The plan is
+        # made on `_view`; `_planned_from` is the store's state it was derived from.
+        self._traffic = DecisionMemo(ProxyTraits(settings.zone))
+        self._decisions: dict[str, Decision] = {}
+        self._view: Mapping[str, Upstream] = {}
+        self._planned_from: Mapping[str, Upstream] = {}
+        self._policy_at: float | None = None  # monotonic: a policy's output changes then
 
     # ----------------------------------------------------------------- thread
     def start(self) -> None:
@@ -197,7 +206,9 @@ class ProxyWorker:
             return
         desired = self.store.current()
         retry_due = self._retry_at is not None and now >= self._retry_at
-        if desired.ready and (desired.version != self._planned_version or self._dirty or retry_due):
+        policy_due = self._policy_at is not None and now >= self._policy_at
+        due = retry_due or policy_due
+        if desired.ready and (desired.version != self._planned_version or self._dirty or due):
             self.reconcile(desired)
         self._wait(desired.version)
 
@@ -205,6 +216,8 @@ class ProxyWorker:
         deadlines = [self._next_probe] if self.following else [self._next_probe, self._next_resync]
         if self._retry_at is not None:
             deadlines.append(self._retry_at)
+        if self._policy_at is not None and not self.following:
+            deadlines.append(self._policy_at)
         timeout = max(0.0, min(deadlines) - self._clock())
         newer = self.store.wait_newer(version, timeout, self.stop)
         if newer.version != version and self.s.debounce > 0:
@@ -274,6 +287,12 @@ class ProxyWorker:
         assert self._cache is not None
         desired = self.store.current().upstreams
         missing = [n for n in desired if n in self._cache and n not in names]
+        # Names no longer desired that the proxy dropped too (a reload during churn):
+        # left in the cache, the plan would count them as deletes still to make and
+        # the mass-delete breaker could trip on a proxy that holds nothing to delete.
+        vanished = [n for n in self._cache if n not in desired and n not in names]
+        for name in vanished:
+            del self._cache[name]
         if not missing:
             return
         # Workers can disagree after a crash: re-post even if another read shows them.
@@ -295,7 +314,8 @@ class ProxyWorker:
             deletes_allowed=not desired.restoring,
             override_breaker=desired.override_breaker,
         )
-        result = plan(desired.upstreams, self._cache, ownership, policy, applied=record.applied)
+        view = self._proxy_view(desired)
+        result = plan(view, self._cache, ownership, policy, applied=record.applied)
         self._planned_version = desired.version
         self._dirty = False
         self._retry_at = None
@@ -329,10 +349,32 @@ class ProxyWorker:
             self.m.last_sync.labels(self.label).set(self._wall())
         if not failed:
             self.reconciled_once.set()
-        self._write_dump(desired)
+        self._write_dump()
         return result
 
-    def _write_dump(self, desired: DesiredState) -> None:
+    def _proxy_view(self, desired: DesiredState) -> Mapping[str, Upstream]:
+        """The desired upstreams as this proxy should get them (traffic policies)."""
+        wall = self._wall()
+        with_policy = {
+            name: u
+            for name, u in desired.upstreams.items()
+            if u.has_draining or u.traffic != DEFAULT_TRAFFIC
+        }
+        self._decisions = self._traffic.decide_all(
+            with_policy, wall, desired.history, held_empty=desired.held_empty
+        )
+        due = next_change(self._decisions.values())
+        self._policy_at = None if due is None else self._clock() + max(0.0, due - wall)
+        self._planned_from = desired.upstreams
+        if not with_policy:
+            self._view = desired.upstreams
+        else:
+            view = dict(desired.upstreams)
+            view.update((name, d.upstream) for name, d in self._decisions.items())
+            self._view = view
+        return self._view
+
+    def _write_dump(self) -> None:
         """The upstreams as this proxy last accepted them. Only accepted bodies: one the
         module refused could stop nginx from starting. Kept across a reload of the
         proxy (which is exactly when the file is needed)."""
@@ -342,7 +384,7 @@ class ProxyWorker:
             record = self.store.proxy_record(self.label)
             self._dumped = {
                 name: u
-                for name, u in desired.upstreams.items()
+                for name, u in self._view.items()
                 if name in record.owned and record.applied.get(name) == u.digest
             }
         try:
@@ -436,7 +478,7 @@ class ProxyWorker:
         """Whether desired state no longer wants `change` (a newer version changed it)."""
         current = self.store.current().upstreams.get(change.name)
         if isinstance(change, Upsert):
-            return current is None or current.digest != change.upstream.digest
+            return current is None or current != self._planned_from.get(change.name)
         return current is not None
 
     def _write(self, change: Upsert | Delete) -> WriteResult:
@@ -581,6 +623,10 @@ class ProxyWorker:
         if changed_at is not None and self._lag_recorded.get(change.name) != changed_at:
             self._lag_recorded[change.name] = changed_at
             self.m.sync_lag.labels(self.label).observe(max(0.0, self._wall() - changed_at))
+        if isinstance(change, Delete):
+            # A deleted name's change is done: keep no entry, or the map grows with
+            # name churn (a name that comes back is a new change anyway).
+            self._lag_recorded.pop(change.name, None)
 
     def _observe_request(self, method: str, outcome: str, duration: float) -> None:
         self.m.requests.labels(self.label, method, outcome).inc()
@@ -602,4 +648,6 @@ class ProxyWorker:
             "last_error": self.last_error,
             "rejected_bodies": sorted(name for name, _ in self._rejected),
             "failing": {name: count for name, (count, _) in self._failing.items()},
+            # Per upstream under a traffic policy: each server's role here, and why.
+            "traffic": {name: d.explain for name, d in sorted(self._decisions.items())},
         }

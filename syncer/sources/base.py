@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from syncer.metrics import Metrics
@@ -71,9 +71,14 @@ class Source(ABC):
         *,
         changed_at: float | None = None,
         changed_at_by_name: Mapping[str, float] | None = None,
+        held_empty: Collection[str] = (),
     ) -> PublishResult:
         result = self.store.publish(
-            self.name, upstreams, changed_at=changed_at, changed_at_by_name=changed_at_by_name
+            self.name,
+            upstreams,
+            changed_at=changed_at,
+            changed_at_by_name=changed_at_by_name,
+            held_empty=held_empty,
         )
         self.healthy = True
         self.last_error = ""

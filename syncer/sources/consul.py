@@ -322,7 +322,8 @@ class ConsulSource(Source):
                 if name is not None and service in pending:
                     changed_at[name] = pending[service]
             upstreams = self.table.by_name()
-        self.publish(upstreams, changed_at_by_name=changed_at)
+            held = self.table.held_names()
+        self.publish(upstreams, changed_at_by_name=changed_at, held_empty=held)
 
     def _recompute(self, service: str) -> str | None:
         if service not in self._watchers:  # opted out, or deregistered everywhere

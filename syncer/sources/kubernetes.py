@@ -189,7 +189,8 @@ class KubernetesSource(Source):
                 if name is not None and key in pending:
                     changed_at[name] = pending[key]
             upstreams = self.table.by_name()
-        self.publish(upstreams, changed_at_by_name=changed_at)
+            held = self.table.held_names()
+        self.publish(upstreams, changed_at_by_name=changed_at, held_empty=held)
 
     def _recompute(self, key: str) -> str | None:
         """Update the upstream of one service; returns its name if it has one."""

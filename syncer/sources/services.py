@@ -75,6 +75,10 @@ class ServiceUpstreams:
     def by_name(self) -> dict[str, Upstream]:
         return {u.name: u for u in self.upstreams.values()}
 
+    def held_names(self) -> frozenset[str]:
+        """Upstreams holding their last known servers (their service has no endpoint)."""
+        return frozenset(self.upstreams[s].name for s in self.held_empty if s in self.upstreams)
+
     def _empty(self, service: str) -> str | None:
         previous = self.upstreams.get(service)
         if previous is None:

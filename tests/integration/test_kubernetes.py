@@ -294,8 +294,10 @@ def test_leader_fail_over_exactly_one_writes(make_env, kube):
     le = {
         "enabled": True,
         "namespace": "dyups",
-        "lease_duration": 0.6,
-        "renew_deadline": 0.4,
+        # Long enough that a loaded machine never lets the lease lapse mid-test (the
+        # roles must not swap); the fail-over below is a release, not an expiry.
+        "lease_duration": 8.0,
+        "renew_deadline": 5.0,
         "retry_period": 0.05,
         "client": {"api_url": kube.url},
     }

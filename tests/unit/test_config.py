@@ -90,3 +90,35 @@ def test_check_config_exit_codes(tmp_path, capsys):
     assert main(["check-config", "-c", str(bad)]) == 2
     assert "policy" in capsys.readouterr().err
     assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    # Found by tests/fuzz: a lone surrogate written out (b"\xed\xa0\x80") raised
+    # UnicodeDecodeError out of load().
+    p = tmp_path / "config.yaml"
+    p.write_bytes(b"policy: sync\n\xed\xa0\x80\n")
+    with pytest.raises(ConfigError) as e:
+        load(p, env={})
+    (error,) = e.value.errors
+    assert error.startswith(f"{p}: not UTF-8")
+    assert "byte 0xed at offset 13 (line 2)" in error, error
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (".inf", "a duration must be at most"),
+        (".nan", "a duration must be at most"),
+        ("0x" + "f" * 3600, "a duration must be between 0 and"),
+        ("'١٠s'", "expected a duration like"),
+        ("'" + "9" * 400 + "s'", "expected a duration like"),
+    ],
+    ids=["inf", "nan", "huge-hex", "arabic-digits", "400-digits"],
+)
+def test_durations_are_finite_and_waitable(tmp_path, value, message):
+    # Found by tests/fuzz: a 4,000-digit hex integer raised OverflowError out of load();
+    # `.inf` and `.nan` were accepted (Event.wait(inf) raises OverflowError).
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, GOOD.replace("debounce: 100ms", f"debounce: {value}")), env={})
+    (error,) = e.value.errors
+    assert error.startswith(f"{tmp_path / 'config.yaml'}: debounce: {message}"), error

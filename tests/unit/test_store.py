@@ -144,3 +144,49 @@ def eventually_true(predicate, timeout=5.0):
             return False
         time.sleep(0.001)
     return True
+
+
+def test_snapshot_keeps_what_traffic_policies_read():
+    """A restart with the source down must plan the same per-proxy upstreams: the
+    policy, zones, hints and draining flags survive the snapshot (bodies alone do not)."""
+    import json
+
+    from syncer.model import EmptyPolicy, Server, TrafficPolicy, Upstream
+    from syncer.snapshot import SnapshotData
+
+    policy = TrafficPolicy(
+        zone_aware=True,
+        slow_start=30.0,
+        empty=EmptyPolicy.FALLBACK,
+        fallback=(Server("127.0.0.1", 8081),),
+        drain_as_backup=True,
+    )
+    servers = (
+        Server("10.0.0.1", 80, zone="a", node="n1", for_zones=("a", "b")),
+        Server("10.0.0.2", 80, zone="b", draining=True),
+    )
+    policed = Upstream("web", servers, traffic=policy)
+    plain = Upstream("api", (Server("10.0.1.1", 80, zone="a"),))
+    first = Store(["src"])
+    first.publish("src", {"web": policed, "api": plain})
+    data = first.snapshot()
+    assert data.sources["src"]["api"] == plain.body  # no policy: the body alone
+    second = Store(["src"])
+    loaded = json.loads(data.to_json())
+    assert second.restore(SnapshotData(loaded["sources"], loaded["proxies"])) == []
+    restored = second.current().upstreams["web"]
+    assert restored == policed and restored.traffic == policy
+    assert [(s.zone, s.node, s.for_zones, s.draining) for s in restored.servers] == [
+        ("a", "n1", ("a", "b"), False),
+        ("b", "", (), True),
+    ]
+
+
+def test_a_malformed_policy_entry_in_the_snapshot_is_skipped_not_fatal():
+    from syncer.snapshot import SnapshotData
+
+    store = Store(["src"])
+    bad = {"body": "server 10.0.0.1:80;", "traffic": {"empty": "explode"}, "servers": {}}
+    problems = store.restore(SnapshotData({"src": {"web": bad}}, {}))
+    assert len(problems) == 1 and "web" in problems[0]
+    assert "web" not in store.current().upstreams
