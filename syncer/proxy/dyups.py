@@ -47,6 +47,9 @@ class Flavour(StrEnum):
     HEAD = "head"  # yzprofile since 2020-04: only /list, which echoes bodies
 
 
+_READ_BACK_MISSING = "read back: upstream missing (the proxy reloaded?)"
+
+
 class Outcome(StrEnum):
     APPLIED = "applied"
     GONE = "gone"  # DELETE of an upstream the proxy does not have
@@ -466,6 +469,10 @@ class DyupsClient:
         outcome = _post_outcome(answer)
         if outcome is Outcome.APPLIED and self.settings.verify_after_write:
             mismatch = self._verify(upstream)
+            if mismatch == _READ_BACK_MISSING:
+                # Not a cut body: the proxy lost the upstream after accepting it (a
+                # reload between the POST and the read). State unknown: post again.
+                return _result(Outcome.UNEXPECTED, answer.status, answer.body, started, mismatch)
             if mismatch:
                 return _result(Outcome.VERIFY_FAILED, answer.status, answer.body, started, mismatch)
         return _result(outcome, answer.status, answer.body, started)
@@ -483,14 +490,20 @@ class DyupsClient:
         except ProxyError as e:
             return f"read-back failed: {e}"
         if reported is None:
-            return "read back: upstream missing"
+            return _READ_BACK_MISSING
         want = Counter(s.address for s in upstream.servers)
         if upstream.has_hostnames:
             # Host names are reported resolved: only the count can be checked.
             ok = len(reported) >= len(want)
+        elif Counter(reported) == want:
+            ok = True  # nginx prints addresses as we render them
         else:
-            # nginx prints addresses as we render them; normalise only if that differs.
-            ok = Counter(reported) == want or Counter(map(normalize_address, reported)) == want
+            # Normalise only if that differs. An address we cannot read (a `unix:`
+            # socket, which we never write) is a mismatch to report, not an error.
+            try:
+                ok = Counter(map(normalize_address, reported)) == want
+            except ParseError as e:
+                return f"read back an address this syncer did not write ({e})"
         if ok:
             return ""
         return f"read back {len(reported)} of {sum(want.values())} servers; {FIX_TRUNCATION}"

@@ -7,6 +7,7 @@ import threading
 from syncer import log
 from syncer.metrics import Metrics
 from syncer.model import Server, Upstream
+from syncer.plan import Mode
 from syncer.proxy.dyups import ClientSettings, DyupsClient, WriteResult
 from syncer.proxy.worker import ProxyWorker, WorkerSettings
 from syncer.state import Store
@@ -83,3 +84,32 @@ def test_first_published_after_tells_when_a_burst_began():
     latest = store.first_published_after(v1 + 1)
     assert after_v1 is not None and latest is not None and after_v1 <= latest
     assert store.first_published_after(store.current().version) is None
+
+
+def test_a_reload_clears_names_no_longer_desired_from_what_the_worker_believes():
+    """Owned names waiting for their DELETE that a reload already dropped must not stay
+    in the worker's view of the proxy (the breaker would count them as deletes)."""
+    store = Store(["file"])
+    store.publish("file", {f"u{i}": upstream(f"u{i}", 8000 + i) for i in range(4)})
+    metrics = Metrics()
+    with DyupsSimulator(workers=1) as sim:
+        client = DyupsClient(ClientSettings(url=sim.url))
+        worker = ProxyWorker(
+            label="p0",
+            client=client,
+            store=store,
+            settings=WorkerSettings(debounce=0.0, kick_gets=0, mode=Mode.UPSERT_ONLY),
+            metrics=metrics,
+            log=log.get("test"),
+            stop=threading.Event(),
+        )
+        try:
+            worker.step()
+            store.publish("file", {"u0": upstream("u0", 8000)})  # u1..u3 stay (upsert-only)
+            worker.step()
+            assert set(worker.status()["last_plan"]["deletes"]) == set()
+            sim.reload()  # every dynamic upstream is gone
+            worker._probe()
+            assert worker.status()["held"] == 0  # u0 is re-posted; u1..u3 are forgotten
+        finally:
+            client.close()

@@ -162,6 +162,15 @@ def test_verify_after_write_detects_truncation(server):
     assert client(server, flavour=Flavour.CLASSIC).upsert(WEB).outcome is Outcome.APPLIED
 
 
+def test_verify_reading_back_a_unix_socket_is_a_verify_failure(server):
+    # Found by tests/fuzz: normalize_address raised ParseError out of upsert() when the
+    # proxy reported a `unix:` server (which this syncer never writes).
+    server.script = [(200, "success"), (200, "server unix:/tmp/s.sock\nserver 127.0.0.1:18092\n")]
+    result = client(server, flavour=Flavour.CLASSIC).upsert(WEB)
+    assert result.outcome is Outcome.VERIFY_FAILED
+    assert "unix:/tmp/s.sock" in result.detail and "did not write" in result.detail
+
+
 def test_flavour_detection(server):
     server.script = [(204, "")]
     c = client(server)
@@ -345,3 +354,25 @@ def test_response_reader_rejects_broken_answers(raw):
 
     with pytest.raises(http.client.HTTPException):
         _read_response(io.BufferedReader(io.BytesIO(raw)))
+
+
+def test_an_upstream_gone_at_read_back_is_not_reported_as_truncation():
+    """A reload between the POST and its read-back loses the upstream: post again,
+    without the truncation advice (the body was not cut)."""
+    from syncer.model import Server, Upstream
+    from syncer.proxy.dyups import ClientSettings, DyupsClient, Outcome
+    from syncer.testing.dyups import DyupsSimulator
+
+    class ReloadedBeforeReadBack(DyupsClient):
+        def addresses(self, name):
+            return None
+
+    with DyupsSimulator() as sim:
+        client = ReloadedBeforeReadBack(ClientSettings(url=sim.url, flavour=None))
+        try:
+            result = client.upsert(Upstream("web", (Server("10.0.0.1", 80),)))
+        finally:
+            client.close()
+    assert result.outcome is Outcome.UNEXPECTED
+    assert result.outcome.retryable
+    assert "missing" in result.detail and "client_body_in_file_only" not in result.detail
