@@ -199,11 +199,13 @@ def test_writes_are_paced_to_the_queue(make_env):
 
 
 def test_queue_overflow_is_repaired_when_the_budget_is_wrong(make_env):
-    env = make_env(1, shm_zone_size=32 * 1024)
+    # The module's own 1 s timer: the queue (~20 KiB here) then drains far slower than
+    # ~70 KiB of bodies are written, however slow a loaded machine makes the writes.
+    env = make_env(1, shm_zone_size=32 * 1024, read_msg_timeout=1.0)
     env.write(
         {
             f"u{i}": [f"10.0.{i // 250}.{i % 250 + 1}:{p}" for p in range(8000, 8020)]
-            for i in range(60)
+            for i in range(120)
         }
     )
     # ...but the operator told us 64 MiB every 50 ms: writes go too fast and overflow.
