@@ -47,12 +47,40 @@ SERVER_KEYS = {
     "down",
     "max_conns",
 }
-_SECONDS_RE = re.compile(r"(\d+)(s|m|h)?")
+# A bounded run of ASCII digits: `\d` also matches other scripts' digits, and int()
+# refuses strings of more than 4,300 digits with ValueError.
+_SECONDS_RE = re.compile(r"([0-9]{1,9})(s|m|h)?")
 _UNIT = {None: 1, "s": 1, "m": 60, "h": 3600}
 
 
 # libyaml's loader when PyYAML was built with it: about 6x faster on large files.
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BASE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Every number in the file fits in 64 bits: `0x` followed by 4,000 digits is a valid
+# YAML integer, and formatting it in an error message raises ValueError (int() and
+# str() refuse more than 4,300 decimal digits).
+INT_BITS = 64
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[valid-type,misc]
+    pass
+
+
+class _OutOfRange(yaml.constructor.ConstructorError):
+    def __init__(self, node: yaml.ScalarNode) -> None:
+        text = node.value if len(node.value) <= 30 else node.value[:27] + "..."
+        super().__init__(None, None, f"the integer {text} is out of range", node.start_mark)
+        self.node = node
+
+
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value = loader.construct_yaml_int(node)
+    if value.bit_length() > INT_BITS:
+        raise _OutOfRange(node)
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+_LOADER: type[yaml.SafeLoader] = _Loader
 
 
 class SourceDataError(ValueError):
@@ -88,6 +116,42 @@ def _line_of(node: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
     return line
 
 
+def _keys_of(text: str, parent: str) -> list[yaml.Node]:
+    """The key nodes of the top-level mapping `parent` (none if the shape differs)."""
+    root = yaml.compose(text, Loader=_LOADER)
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for k, v in root.value:
+        if k.value == parent and isinstance(v, yaml.MappingNode):
+            return [node for node, _ in v.value]
+    return []
+
+
+def _written_key(text: str, parent: str, key: object) -> str | None:
+    """How the key `key` of the mapping `parent` is written in the file, for a key
+    YAML read as something other than a string (`no` → False, `010` → 8)."""
+    constructor = yaml.SafeLoader("")
+    for node in _keys_of(text, parent):
+        if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:str":
+            continue
+        try:
+            value = constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError):
+            continue
+        if type(value) is type(key) and (value == key or repr(value) == repr(key)):
+            return str(node.value)
+    return None
+
+
+def _retyped_name(origin: str, line: int, written: str, read_as: str) -> SourceDataError:
+    # YAML 1.1 reads `no:` as False, `010:` as 8, `1.5:` as a float and `null:` or
+    # `~:` as None: refuse rather than guess what the operator meant.
+    return SourceDataError(
+        f"{origin}:{line}: upstreams.{written}: the upstream name {written!r} is read by YAML"
+        f' as {read_as}, not a string: quote it ("{written}": ...)'
+    )
+
+
 def _server(raw: object, *, allow_hostnames: bool) -> Server:
     if isinstance(raw, str):
         raw = {"address": raw}
@@ -95,7 +159,9 @@ def _server(raw: object, *, allow_hostnames: bool) -> Server:
         raise ModelError("a server is 'host:port' or a mapping with 'address'")
     unknown = set(raw) - SERVER_KEYS
     if unknown:
-        raise ModelError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(SERVER_KEYS)}")
+        raise ModelError(
+            f"unknown key(s) {sorted(unknown, key=str)}; allowed: {sorted(SERVER_KEYS)}"
+        )
     kwargs = dict(raw)
     if "address" in kwargs:
         if "host" in kwargs or "port" in kwargs:
@@ -118,7 +184,7 @@ def _upstream(name: str, raw: object, *, allow_hostnames: bool) -> Upstream:
         raise _At((), "an upstream is a mapping with 'servers' (and optional 'directives')")
     unknown = set(raw) - {"servers", "directives"}
     if unknown:
-        raise _At((sorted(unknown)[0],), "unknown key; allowed: servers, directives")
+        raise _At((sorted(unknown, key=str)[0],), "unknown key; allowed: servers, directives")
     servers_raw = raw.get("servers")
     if not isinstance(servers_raw, list) or not servers_raw:
         raise _At(("servers",), "must be a non-empty list")
@@ -154,6 +220,11 @@ def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> 
     """Parse and validate a whole file; SourceDataError names file, line and field."""
     try:
         data = yaml.load(text, Loader=_LOADER)
+    except _OutOfRange as e:
+        at = (e.node.start_mark.line, e.node.start_mark.column)
+        if any((k.start_mark.line, k.start_mark.column) == at for k in _keys_of(text, "upstreams")):
+            raise _retyped_name(origin, at[0] + 1, e.node.value, "an integer") from e
+        raise SourceDataError(f"{origin}:{at[0] + 1}: not valid YAML: {e.problem}") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark else origin
@@ -176,9 +247,15 @@ def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> 
         raise fail(("upstreams",), "must map upstream names to {servers: [...]}")
     out: dict[str, Upstream] = {}
     for raw_name, raw in upstreams_raw.items():
+        if not isinstance(raw_name, str):
+            written = _written_key(text, "upstreams", raw_name)
+            shown = repr(raw_name) if written is None else written
+            read_as = "null" if raw_name is None else f"{type(raw_name).__name__} {raw_name!r}"
+            line = _line_of(yaml.compose(text, Loader=_LOADER), ("upstreams", shown))
+            raise _retyped_name(origin, line or 1, shown, read_as)
         path: tuple[str | int, ...] = ("upstreams", raw_name)
         try:
-            name = normalize_name(str(raw_name))
+            name = normalize_name(raw_name)
         except ModelError as e:
             raise fail(path, str(e)) from e
         if name in out:

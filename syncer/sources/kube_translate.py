@@ -16,12 +16,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from syncer.model import Directive, ModelError, Server, Upstream, normalize_name
+from syncer.model import (
+    Directive,
+    ModelError,
+    Server,
+    Upstream,
+    label_value,
+    normalize_name,
+)
 from syncer.sources.services import Rejection
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 Obj = Mapping[str, Any]
+# The rejection reason of an object whose fields do not have the types of the API
+# reference (an aggregated API, a client or server bug): rejected, never an exception.
+MALFORMED = "malformed"
+_COUNT_RE = re.compile(r"[0-9]{1,9}")  # ASCII only: `\d` matches other scripts' digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,44 +57,133 @@ class ServiceSpec:
     directives: tuple[Directive, ...]
 
 
+class _Malformed(Exception):
+    """A field without the type the API reference gives it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _show(value: object) -> str:
+    """A value for a message, bounded: hostile objects can be large."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4,300 digits, maybe inside a list
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _mapping(value: object, field: str) -> Mapping[str, Any]:
+    """A mapping field; absent (None) reads as empty."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Malformed(field, f"must be a mapping, got {_show(value)}")
+    return value
+
+
+def _list(value: object, field: str) -> list[Any]:
+    """A list field; absent (None) reads as empty."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Malformed(field, f"must be a list, got {_show(value)}")
+    return value
+
+
+def _str(value: object, field: str) -> str:
+    """A string field; absent (None) reads as ""."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Malformed(field, f"must be a string, got {_show(value)}")
+    return value
+
+
+def _flag(value: object, field: str) -> bool | None:
+    """A condition: true, false or absent (None)."""
+    if value is not None and not isinstance(value, bool):
+        raise _Malformed(field, f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _port_number(value: object, field: str) -> int | None:
+    """A port number field (an int32 in the API); absent (None) reads as None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise _Malformed(field, f"must be a 32-bit integer, got {_show(value)}")
+    return value
+
+
+def _label(value: object) -> str:
+    """`zone` and `nodeName`: metadata only, so a strange value is dropped rather
+    than rejecting the endpoint it describes."""
+    return label_value(value) if isinstance(value, str) else ""
+
+
 def key_of(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        meta = {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def _int_annotation(annotations: Mapping[str, str], key: str, default: int) -> int:
+def _int_annotation(annotations: Mapping[str, Any], key: str, default: int) -> int:
     raw = annotations.get(key)
     if raw is None:
         return default
-    text = str(raw).strip().removesuffix("s") if key.endswith("fail-timeout") else str(raw).strip()
-    if not re.fullmatch(r"\d{1,9}", text):
-        raise ValueError(f"must be a whole number, got {raw!r}")
+    if not isinstance(raw, str):
+        raise _Malformed(key, f"must be a string, got {_show(raw)}")
+    text = raw.strip().removesuffix("s") if key.endswith("fail-timeout") else raw.strip()
+    if not _COUNT_RE.fullmatch(text):
+        raise ValueError(f"must be a whole number, got {_show(raw)}")
     return int(text)
 
 
 def parse_service(svc: Obj, options: Options) -> ServiceSpec | Rejection | None:
     """The spec a Service opts in with, a Rejection, or None when it does not opt in."""
     key = key_of(svc)
-    meta = svc.get("metadata") or {}
-    annotations: Mapping[str, str] = meta.get("annotations") or {}
     p = options.prefix
     static = (options.static or {}).get(key)
-    if f"{p}/upstream" not in annotations and static is None:
+    if f"{p}/upstream" not in _annotations(svc) and static is None:
         return None
-    namespace, name = key.split("/", 1)
-    raw_name = annotations.get(f"{p}/upstream", static[1] if static else "")
-    if raw_name in ("", "true"):
-        raw_name = f"{namespace}-{name}"
+    try:
+        return _parse_service(key, svc, options, static)
+    except _Malformed as e:
+        return Rejection(key, MALFORMED, e.field, e.message)
+
+
+def _parse_service(
+    key: str, svc: Obj, options: Options, static: tuple[str, str] | None
+) -> ServiceSpec | Rejection:
+    meta = _mapping(svc.get("metadata"), "metadata")
+    annotations = _mapping(meta.get("annotations"), "metadata.annotations")
+    for part in ("namespace", "name"):
+        if not isinstance(meta.get(part), str) or not meta[part]:
+            raise _Malformed(f"metadata.{part}", f"must be a string, got {_show(meta.get(part))}")
+    namespace, name = meta["namespace"], meta["name"]
+    p = options.prefix
 
     def reject(reason: str, field: str, message: str) -> Rejection:
         return Rejection(key, reason, field, message)
 
+    def annotation(field: str, default: str) -> str:
+        value = annotations.get(f"{p}/{field}", default)
+        if not isinstance(value, str):
+            raise _Malformed(f"{p}/{field}", f"must be a string, got {_show(value)}")
+        return value
+
+    raw_name = annotation("upstream", static[1] if static else "")
+    if raw_name in ("", "true"):
+        raw_name = f"{namespace}-{name}"
     try:
         upstream = normalize_name(raw_name)
     except ModelError as e:
         return reject("name", f"{p}/upstream", str(e))
-    wanted_port = annotations.get(f"{p}/port", static[0] if static else "")
-    port_name = _service_port_name(svc, str(wanted_port).strip())
+    port_name = _service_port_name(svc, annotation("port", static[0] if static else "").strip())
     if isinstance(port_name, Rejection):
         return reject(port_name.reason, f"{p}/port", port_name.message)
     values: dict[str, int] = {}
@@ -93,7 +193,7 @@ def parse_service(svc: Obj, options: Options) -> ServiceSpec | Rejection | None:
         except ValueError as e:
             return reject(field_.replace("-", "_"), f"{p}/{field_}", str(e))
     directives: list[Directive] = []
-    for text in re.split(r"[;,]", annotations.get(f"{p}/directives", "")):
+    for text in re.split(r"[;,]", annotation("directives", "")):
         if text.strip():
             try:
                 directives.append(Directive.parse(text))
@@ -110,24 +210,38 @@ def parse_service(svc: Obj, options: Options) -> ServiceSpec | Rejection | None:
     )
 
 
+def _service_ports(svc: Obj) -> list[tuple[str, int | None]]:
+    """(name, port) of every Service port; a malformed entry raises _Malformed."""
+    spec = _mapping(svc.get("spec"), "spec")
+    out = []
+    for i, entry in enumerate(_list(spec.get("ports"), "spec.ports")):
+        if not isinstance(entry, Mapping):
+            raise _Malformed(f"spec.ports.{i}", f"must be a mapping, got {_show(entry)}")
+        name = _str(entry.get("name"), f"spec.ports.{i}.name")
+        out.append((name, _port_number(entry.get("port"), f"spec.ports.{i}.port")))
+    return out
+
+
 def _service_port_name(svc: Obj, wanted: str) -> str | Rejection:
-    ports = (svc.get("spec") or {}).get("ports") or []
+    ports = _service_ports(svc)
     if not ports:
         return Rejection(key_of(svc), "port_not_found", "spec.ports", "the Service has no port")
     if not wanted:
         if len(ports) > 1:
-            names = [str(p.get("name", "")) for p in ports]
+            names = [name for name, _ in ports]
             return Rejection(
                 key_of(svc),
                 "port_required",
                 "port",
                 f"the Service has several ports {names}: say which one",
             )
-        return str(ports[0].get("name") or "")
-    for port in ports:
-        if wanted in (str(port.get("name") or ""), str(port.get("port"))):
-            return str(port.get("name") or "")
-    return Rejection(key_of(svc), "port_not_found", "port", f"the Service has no port {wanted!r}")
+        return ports[0][0]
+    for name, number in ports:
+        if wanted in (name, str(number)):
+            return name
+    return Rejection(
+        key_of(svc), "port_not_found", "port", f"the Service has no port {_show(wanted)}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,40 +257,58 @@ class _Endpoint:
 
 
 def _slice_endpoints(slice_: Obj, port_name: str, allow_fqdn: bool) -> Iterable[_Endpoint]:
+    """The endpoints of one slice for the port `port_name`; a field of the wrong type
+    raises _Malformed (its field names the slice)."""
+    if not isinstance(slice_, Mapping):
+        raise _Malformed("EndpointSlice", f"must be a mapping, got {_show(slice_)}")
+    where = f"EndpointSlice {key_of(slice_)}"
     address_type = slice_.get("addressType")
     fqdn = address_type == "FQDN"
     if address_type not in ("IPv4", "IPv6") and not (fqdn and allow_fqdn):
-        return
+        return []
     port = None
-    for entry in slice_.get("ports") or []:
-        if str(entry.get("name") or "") == port_name and entry.get("port") is not None:
-            port = int(entry["port"])
+    for i, entry in enumerate(_list(slice_.get("ports"), f"{where}: ports")):
+        if not isinstance(entry, Mapping):
+            raise _Malformed(f"{where}: ports.{i}", f"must be a mapping, got {_show(entry)}")
+        name = _str(entry.get("name"), f"{where}: ports.{i}.name")
+        number = _port_number(entry.get("port"), f"{where}: ports.{i}.port")
+        if name == port_name and number is not None:
+            port = number
     if port is None:
-        return
-    for ep in slice_.get("endpoints") or []:
-        addresses = ep.get("addresses") or []
+        return []
+    out = []
+    for i, ep in enumerate(_list(slice_.get("endpoints"), f"{where}: endpoints")):
+        at = f"{where}: endpoints.{i}"
+        if not isinstance(ep, Mapping):
+            raise _Malformed(at, f"must be a mapping, got {_show(ep)}")
+        addresses = _list(ep.get("addresses"), f"{at}.addresses")
         if not addresses:
             continue
-        cond = ep.get("conditions") or {}
+        cond = _mapping(ep.get("conditions"), f"{at}.conditions")
         # The API reference: a nil `ready` is an unknown state that consumers should
         # read as ready; a nil `serving` follows `ready`; a nil `terminating` is false.
-        ready = cond.get("ready") is not False
-        serving = cond.get("serving", ready) is not False
-        yield _Endpoint(
-            # Addresses of one endpoint are fungible: use the first.
-            address=str(addresses[0]),
-            port=port,
-            ready=ready,
-            serving=serving,
-            terminating=cond.get("terminating") is True,
-            zone=str(ep.get("zone") or ""),
-            node=str(ep.get("nodeName") or ""),
-            fqdn=fqdn,
+        ready = _flag(cond.get("ready"), f"{at}.conditions.ready") is not False
+        serving = _flag(cond.get("serving"), f"{at}.conditions.serving")
+        terminating = _flag(cond.get("terminating"), f"{at}.conditions.terminating")
+        out.append(
+            _Endpoint(
+                # Addresses of one endpoint are fungible: use the first.
+                address=_str(addresses[0], f"{at}.addresses.0"),
+                port=port,
+                ready=ready,
+                serving=ready if serving is None else serving,
+                terminating=terminating is True,
+                zone=_label(ep.get("zone")),
+                node=_label(ep.get("nodeName")),
+                fqdn=fqdn,
+            )
         )
+    return out
 
 
 def servers_for(spec: ServiceSpec, slices: Iterable[Obj], options: Options) -> tuple[Server, ...]:
-    """The servers of one service: ready endpoints; if none, serving terminating ones."""
+    """The servers of one service: ready endpoints; if none, serving terminating ones.
+    Raises _Malformed or _BadEndpoint (`build_upstream` turns them into Rejections)."""
     endpoints = [e for s in slices for e in _slice_endpoints(s, spec.port_name, options.allow_fqdn)]
     chosen = [e for e in endpoints if e.ready and not e.terminating]
     if not chosen and options.terminating_fallback:
@@ -195,7 +327,7 @@ def servers_for(spec: ServiceSpec, slices: Iterable[Obj], options: Options) -> t
                 node=e.node,
             )
         except ModelError as err:
-            raise _BadEndpoint(f"endpoint {e.address!r}: {err}") from err
+            raise _BadEndpoint(f"endpoint {_show(e.address)}: {err}") from err
         servers.setdefault(server.address, server)  # dual slices may repeat an address
     return tuple(servers.values())
 
@@ -204,22 +336,32 @@ class _BadEndpoint(ValueError):
     pass
 
 
+def _annotations(obj: Obj) -> Mapping[str, Any]:
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return annotations if isinstance(annotations, Mapping) else {}
+
+
 def trigger_time(slice_: Obj) -> float | None:
     """The origin time of a slice's last change (kube-proxy's programming-latency start)."""
-    annotations = (slice_.get("metadata") or {}).get("annotations") or {}
-    raw = annotations.get(TRIGGER_TIME)
-    if not raw:
+    raw = _annotations(slice_).get(TRIGGER_TIME)
+    if not raw or not isinstance(raw, str):
         return None
     try:
-        return datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
         return None
 
 
 def service_of(slice_: Obj) -> str | None:
-    meta = slice_.get("metadata") or {}
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-    return f"{meta.get('namespace', '')}/{name}" if name else None
+    meta = slice_.get("metadata") if isinstance(slice_, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return None
+    labels = meta.get("labels")
+    name = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, Mapping) else None
+    if not isinstance(name, str) or not name:
+        return None
+    return f"{meta.get('namespace', '')}/{name}"
 
 
 def build_upstream(
@@ -232,6 +374,8 @@ def build_upstream(
         if not servers:
             return None
         return Upstream(spec.upstream, servers, spec.directives)
+    except _Malformed as e:
+        return Rejection(spec.key, MALFORMED, e.field, e.message)
     except _BadEndpoint as e:
         return Rejection(spec.key, "endpoint", "endpoints", str(e))
     except ModelError as e:

@@ -45,8 +45,12 @@ hostile_chars = st.one_of(
     st.characters(),
 )
 hostile_text = st.text(hostile_chars, max_size=30)
-# Bytes off the wire, decoded the way a lenient reader would.
-bytes_text = st.binary(max_size=80).map(lambda b: b.decode("latin-1"))
+# Bytes off the wire, decoded the way a lenient reader would: latin-1, or UTF-8 with
+# undecodable bytes kept as lone surrogates (written back out, they are not UTF-8).
+bytes_text = st.one_of(
+    st.binary(max_size=80).map(lambda b: b.decode("latin-1")),
+    st.binary(max_size=80).map(lambda b: b.decode("utf-8", "surrogateescape")),
+)
 any_text = st.one_of(st.text(max_size=80), hostile_text, bytes_text)
 
 # What a number field receives: in range, out of range, signed, padded, in other
@@ -626,6 +630,8 @@ TRICKY_SCALARS = [
     "[1, 2",
     "{a: 1}",
     "9" * 4400,
+    "0x" + "f" * 3600,  # a valid YAML integer of 4,335 decimal digits: str() refuses it
+    "-0x" + "f" * 3600,
 ]
 plain_scalars = st.one_of(
     st.sampled_from(TRICKY_SCALARS),
@@ -843,11 +849,20 @@ def _flow(value: Any) -> str:
     return str(value)
 
 
-def readme_document(ups: list[Upstream]) -> str:
-    """An upstreams file written by hand as the README shows it (plain scalars)."""
+def yaml_retypes(name: str) -> bool:
+    """Whether YAML reads the plain scalar `name` as something else than that string
+    (`no`, `010`, `1.5`, `null`, `2001-12-14`): such an upstream name must be quoted."""
+    return yaml.safe_load(f"{name}: 0") != {name: 0}
+
+
+def readme_document(ups: list[Upstream], *, quote_names: bool = True) -> str:
+    """An upstreams file written by hand as the README shows it (plain scalars; names
+    that YAML would read as another type quoted, as the README asks, unless not
+    `quote_names`)."""
     lines = ["upstreams:"]
     for up in ups:
-        lines += [f"  {up.name}:", "    servers:"]
+        key = f'"{up.name}"' if quote_names and yaml_retypes(up.name) else up.name
+        lines += [f"  {key}:", "    servers:"]
         for server in up.servers:
             item = readme_server(server)
             if isinstance(item, str):
@@ -890,6 +905,7 @@ def file_texts(draw: st.DrawFn) -> str:
                     "  u{n}:\n    servers:\n      - {{address: 10.0.0.1:80, weight: {v}}}\n",
                     "  u{n}:\n    servers:\n      - {{host: {v}, port: 80}}\n",
                     "  u{n}:\n    servers:\n      - {{address: 10.0.0.1:80, fail_timeout: {v}}}\n",
+                    "  u{n}:\n    servers:\n      - {{address: 10.0.0.1:80, fail_timeout: {v}s}}\n",
                     "  u{n}:\n    servers: [10.0.0.1:80]\n    directives: [{v}]\n",
                 ]
             )

@@ -64,6 +64,84 @@ def test_errors_name_file_line_and_field(text, where):
     assert where in str(e.value)
 
 
+def test_a_fail_timeout_longer_than_int_accepts_is_a_clean_error():
+    # Found by tests/fuzz: a quoted 4301-digit fail_timeout made int() raise
+    # ValueError ("Exceeds the limit (4300 digits)") out of parse_document.
+    text = (
+        "upstreams:\n  a:\n    servers:\n"
+        f"    - {{address: 0.0.0.0:1, fail_timeout: '{'9' * 4301}'}}\n"
+    )
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert str(e.value).startswith("f.yaml:4: upstreams.a.servers.0: expected whole seconds")
+
+
+@pytest.mark.parametrize("value", ["١٦", "١٦s", "1234567890s"])
+def test_fail_timeout_is_a_short_run_of_ascii_digits(value):
+    text = f"upstreams:\n  a:\n    servers: [{{address: 0.0.0.0:1, fail_timeout: '{value}'}}]\n"
+    with pytest.raises(SourceDataError, match="expected whole seconds"):
+        parse_document(text, origin="f.yaml")
+
+
+@pytest.mark.parametrize(
+    "key, read_as",
+    [
+        ("no", "bool False"),
+        ("010", "int 8"),
+        ("1.5", "float 1.5"),
+        ("null", "null"),
+        ("~", "null"),
+        ("2001-12-14", "date datetime.date(2001, 12, 14)"),
+        ("1" * 30, "an integer"),  # beyond 64 bits: refused as it is read
+    ],
+)
+def test_an_upstream_name_yaml_reads_as_another_type_is_refused(key, read_as):
+    # Found by tests/fuzz: `no:` became the upstream "false", `010:` the upstream "8".
+    text = f"upstreams:\n  web:\n    servers: [10.0.0.7:80]\n  {key}:\n    servers: [10.0.0.8:80]\n"
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert str(e.value) == (
+        f"f.yaml:4: upstreams.{key}: the upstream name {key!r} is read by YAML as {read_as},"
+        f' not a string: quote it ("{key}": ...)'
+    )
+    if key != "~":  # quoted, a valid name is read as written
+        quoted = text.replace(f"  {key}:", f'  "{key}":')
+        assert set(parse_document(quoted, origin="f.yaml")) == {"web", key}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0x" + "f" * 3600, "-0x" + "f" * 3600, "18446744073709551616"],
+    ids=["huge-hex", "huge-negative-hex", "2**64"],
+)
+def test_integers_beyond_64_bits_are_refused_when_read(value):
+    # Found by tests/fuzz: a 3,600-digit hex weight is a valid YAML integer, and the
+    # error message about it raised ValueError (str() refuses 4,300 digits).
+    text = f"upstreams:\n  a:\n    servers:\n      - {{address: 10.0.0.1:80, weight: {value}}}\n"
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert str(e.value).startswith("f.yaml:4: not valid YAML: the integer"), str(e.value)
+    assert "is out of range" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("upstreams:\n  a:\n    servers: [10.0.0.1:80]\n    1: x\n    z: 2\n", "upstreams.a.1"),
+        (
+            "upstreams:\n  a:\n    servers: [{address: 10.0.0.1:80, 1: x, z: 2}]\n",
+            "upstreams.a.servers.0: unknown key(s) [1, 'z']",
+        ),
+    ],
+)
+def test_unknown_keys_of_mixed_types_are_a_clean_error(text, where):
+    # sorted() of an int and a str raised TypeError (out of parse_document for the
+    # keys of an upstream; as the message for the keys of a server).
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert where in str(e.value)
+
+
 def test_bad_file_keeps_last_good_state(tmp_path):
     path = tmp_path / "u.yaml"
     path.write_text(GOOD)

@@ -221,3 +221,112 @@ def test_trigger_time_and_service_label():
     assert trigger_time(s) == 1795600800.0
     assert trigger_time(slc("a", [])) is None
     assert service_of(s) == "shop/web"
+
+
+# Found by tests/fuzz: payloads that violate the API schema raised TypeError,
+# ValueError or OverflowError out of the translation. They reject the service
+# (reason "malformed", the field named), never raise.
+@pytest.mark.parametrize(
+    "annotations, ports, field",
+    [
+        ({f"{P}/directives": None}, None, f"{P}/directives"),
+        ({f"{P}/directives": 5}, None, f"{P}/directives"),
+        ({f"{P}/weight": 3}, None, f"{P}/weight"),
+        ({f"{P}/port": 80}, None, f"{P}/port"),
+        ({f"{P}/upstream": None}, None, f"{P}/upstream"),
+        ({f"{P}/upstream": ["web"]}, None, f"{P}/upstream"),
+        ({}, ["http"], "spec.ports.0"),
+        ({}, "http", "spec.ports"),
+        ({}, [{"name": 5, "port": 80}], "spec.ports.0.name"),
+        ({}, [{"name": "http", "port": "80"}], "spec.ports.0.port"),
+    ],
+)
+def test_wrongly_typed_service_fields_reject_the_service(annotations, ports, field):
+    s = svc(annotations={f"{P}/upstream": "web", **annotations}, ports=ports)
+    spec = parse_service(s, OPT)
+    assert isinstance(spec, Rejection), spec
+    assert (spec.reason, spec.field, spec.service) == ("malformed", field, "shop/web")
+
+
+def test_a_service_that_does_not_opt_in_is_ignored_however_malformed():
+    s = svc(ports=["http"])
+    s["metadata"]["annotations"] = ["not", "a", "mapping"]
+    assert parse_service(s, OPT) is None
+
+
+def _endpoint_with(**fields):
+    endpoint = ep("10.0.0.1")
+    endpoint.update(fields)
+    return endpoint
+
+
+@pytest.mark.parametrize(
+    "slice_, field",
+    [
+        (slc("a", [_endpoint_with(addresses=True)]), "endpoints.0.addresses"),
+        (slc("a", [_endpoint_with(addresses="10.0.0.1")]), "endpoints.0.addresses"),
+        (slc("a", [_endpoint_with(addresses=[5])]), "endpoints.0.addresses.0"),
+        (slc("a", [_endpoint_with(conditions=[True])]), "endpoints.0.conditions"),
+        (slc("a", [ep("10.0.0.1", ready="yes")]), "endpoints.0.conditions.ready"),
+        (slc("a", [ep("10.0.0.1", serving=1)]), "endpoints.0.conditions.serving"),
+        (slc("a", [ep("10.0.0.1", terminating="no")]), "endpoints.0.conditions.terminating"),
+        (slc("a", ["10.0.0.1"]), "endpoints.0"),
+        (slc("a", {"addresses": ["10.0.0.1"]}), "endpoints"),
+        (slc("a", [ep("10.0.0.1")], ports=[{"name": "http", "port": "abc"}]), "ports.0.port"),
+        (
+            slc("a", [ep("10.0.0.1")], ports=[{"name": "http", "port": float("inf")}]),
+            "ports.0.port",
+        ),
+        (slc("a", [ep("10.0.0.1")], ports=[{"name": "http", "port": [1]}]), "ports.0.port"),
+        (slc("a", [ep("10.0.0.1")], ports=[{"name": "http", "port": True}]), "ports.0.port"),
+        (slc("a", [ep("10.0.0.1")], ports=[{"name": "http", "port": 10**5000}]), "ports.0.port"),
+        (slc("a", [ep("10.0.0.1")], ports=[{"name": ["http"], "port": 80}]), "ports.0.name"),
+        (slc("a", [ep("10.0.0.1")], ports=["http"]), "ports.0"),
+        (slc("a", [ep("10.0.0.1")], ports=8080), "ports"),
+    ],
+)
+def test_wrongly_typed_slice_fields_reject_the_service(slice_, field):
+    spec = parse_service(svc(annotations={f"{P}/upstream": "web"}), OPT)
+    result = build_upstream(spec, [slice_], OPT)
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.service) == ("malformed", "shop/web")
+    assert result.field == f"EndpointSlice shop/a: {field}", result.field
+
+
+def test_a_slice_that_is_not_a_mapping_rejects_the_service():
+    spec = parse_service(svc(annotations={f"{P}/upstream": "web"}), OPT)
+    result = build_upstream(spec, [["not", "a", "slice"]], OPT)
+    assert isinstance(result, Rejection) and result.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "zone, node",
+    [
+        ("zone a", "node;1"),  # not label values
+        ("z" * 254, "é"),
+        (5, ["n1"]),  # not strings
+        (None, None),
+    ],
+)
+def test_a_strange_zone_or_node_is_dropped_not_fatal(zone, node):
+    # Found by tests/fuzz: Server(zone=, node=) refused them, which rejected the service.
+    s = svc(annotations={f"{P}/upstream": "web"})
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1", zone=zone, node=node), ep("10.0.0.2")])])
+    assert addresses(u) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    zones = {s.address: (s.zone, s.node) for s in u.servers}
+    assert zones == {"10.0.0.1:8080": ("", ""), "10.0.0.2:8080": ("z1", "n1")}
+
+
+def test_hostile_numbers_in_annotations_are_refused():
+    for value in ("١٦", "9" * 4301, "1" * 10):
+        s = svc(annotations={f"{P}/upstream": "web", f"{P}/weight": value})
+        spec = parse_service(s, OPT)
+        assert isinstance(spec, Rejection) and spec.reason == "weight", (value, spec)
+
+
+def test_trigger_time_and_service_label_of_malformed_slices():
+    bad = slc("a", [], annotations={"endpoints.kubernetes.io/last-change-trigger-time": 5})
+    assert trigger_time(bad) is None
+    bad["metadata"]["labels"]["kubernetes.io/service-name"] = ["web"]
+    assert service_of(bad) is None
+    assert trigger_time({"metadata": "x"}) is None and service_of({"metadata": "x"}) is None
