@@ -272,6 +272,15 @@ class ConsulProxiesConfig(ProxySettings):
     scheme: Literal["http", "https"] = "http"
     client: ConsulClientConfig = ConsulClientConfig()
     wait: Duration = 300.0
+    zone_meta: str | None = "zone"  # Node.Meta key holding the zone (null: none); a set `zone` wins
+
+    @field_validator("zone_meta")
+    @classmethod
+    def _zone_meta(cls, value: str | None) -> str | None:
+        # Consul refuses other node meta keys.
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", value):
+            raise ValueError("must be a Consul node meta key ([A-Za-z0-9_-], at most 128) or null")
+        return value
 
 
 class KubernetesProxiesConfig(ProxySettings):
@@ -282,6 +291,18 @@ class KubernetesProxiesConfig(ProxySettings):
     port: int = Field(ge=1, le=65535)  # the dyups_interface port in the pod
     scheme: Literal["http", "https"] = "http"
     client: KubernetesClientConfig = KubernetesClientConfig()
+    zone_label: str = "topology.kubernetes.io/zone"  # the label of the pod's Node holding the zone ("": none, Nodes are not watched); a set `zone` wins
+
+    @field_validator("zone_label")
+    @classmethod
+    def _zone_label(cls, value: str) -> str:
+        # An optional DNS-subdomain prefix and `/`, then a name (a label key).
+        prefix = r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?"
+        if value and not re.fullmatch(
+            prefix + r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?", value
+        ):
+            raise ValueError("must be a label key like topology.kubernetes.io/zone, or empty")
+        return value
 
 
 class ProxiesConfig(_Strict):
@@ -397,6 +418,11 @@ class Config(_Strict):
     adopt: list[str] = []
     allow_empty: bool = False
     verify_after_write: bool = True
+    # A request (headers and body) this small arrives in at most two reads, and the
+    # module only cuts bodies read in three or more: reading it back finds nothing.
+    verify_min_bytes: int = Field(
+        default=1024, ge=0, le=1024 * 1024
+    )  # requests at or under this many bytes are not read back (0: read back every write)
     listen: str = "127.0.0.1:9105"
     # /state shows desired upstreams and proxy addresses; turn it off where the
     # metrics port is reachable by more than operators.

@@ -4,18 +4,31 @@ becomes a proxy worker (a new instance gets a full reconcile at once, like a new
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from syncer.config import ConsulProxiesConfig, ProxyConfig
+from syncer.model import label_value
 from syncer.sources.consul import BlockingQuery, cb_json, client_from
 from syncer.sources.consul_translate import entry_status
 
 FLEET_GROUP = "consul"
 
 
+def node_zone(node: Any, key: str | None) -> str:
+    """The zone a health entry's `Node.Meta[key]` gives, or "" (absent, or not a label
+    value: the instance is still a proxy, without a zone)."""
+    meta = node.get("Meta") if isinstance(node, Mapping) else None
+    value = meta.get(key) if isinstance(meta, Mapping) and key else None
+    return label_value(value) if isinstance(value, str) else ""
+
+
 def targets_from_entries(entries: list[Any], cfg: ConsulProxiesConfig) -> dict[str, ProxyConfig]:
-    settings = cfg.model_dump(exclude={"service", "tag", "port_meta", "scheme", "client", "wait"})
+    """The passing instances as proxies; a proxy's zone is `zone` if set, else its
+    node's `zone_meta` meta value."""
+    settings = cfg.model_dump(
+        exclude={"service", "tag", "port_meta", "scheme", "client", "wait", "zone_meta"}
+    )
     out: dict[str, ProxyConfig] = {}
     for entry in entries:
         if entry_status(entry) != "passing":
@@ -29,7 +42,10 @@ def targets_from_entries(entries: list[Any], cfg: ConsulProxiesConfig) -> dict[s
             continue
         host = f"[{address}]" if ":" in address else address
         label = str(svc.get("ID") or f"{node.get('Node')}-{port}")
-        out[label] = ProxyConfig(url=f"{cfg.scheme}://{host}:{port}", name=label, **settings)
+        zone = cfg.zone or node_zone(node, cfg.zone_meta)
+        out[label] = ProxyConfig(
+            url=f"{cfg.scheme}://{host}:{port}", name=label, **{**settings, "zone": zone}
+        )
     return out
 
 

@@ -107,6 +107,20 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
     },
     "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+    "zones-off": {
+        "proxies": {
+            "kubernetes": {"zone_label": ""},
+            "consul": {"enabled": True, "service": "nginx", "zone_meta": "az"},
+        },
+        "networkPolicy": {
+            "extraEgress": [
+                {
+                    "to": [{"ipBlock": {"cidr": "10.1.0.0/16"}}],
+                    "ports": [{"port": 8081, "protocol": "TCP"}],
+                }
+            ]
+        },
+    },
     "single-pvc": {
         "replicas": 1,
         "leaderElection": {"enabled": False},
@@ -322,10 +336,21 @@ def test_defaults_rbac_is_least_privilege(rendered: dict[str, list[dict[str, Any
     assert rules(docs) == {
         ("ClusterRole", "", "services"): {"list", "watch"},
         ("ClusterRole", "", "endpointslices"): {"list", "watch"},
+        ("ClusterRole", "", "nodes"): {"list", "watch"},
         ("Role", NAMESPACE, "pods"): {"list", "watch"},
         ("Role", NAMESPACE, f"leases/{RELEASE}"): {"get", "update"},
         ("Role", NAMESPACE, "leases"): {"create"},
     }
+    # Nodes (the proxies' zones, read by proxy discovery) have a ClusterRole of their own.
+    nodes = one(docs, "ClusterRole", f"{NAMESPACE}-{RELEASE}-nodes")
+    assert nodes["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}
+    ]
+    nodes_binding = one(docs, "ClusterRoleBinding", f"{NAMESPACE}-{RELEASE}-nodes")
+    assert nodes_binding["roleRef"]["name"] == nodes["metadata"]["name"]
+    assert syncer_config(docs)["proxies"]["kubernetes"]["zone_label"] == (
+        "topology.kubernetes.io/zone"
+    )
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     for binding in by_kind(docs, "RoleBinding") + by_kind(docs, "ClusterRoleBinding"):
         assert binding["subjects"] == [
@@ -340,6 +365,7 @@ def test_scoped_rbac_and_networkpolicy(rendered: dict[str, list[dict[str, Any]]]
         ("Role", "shop", "endpointslices"): {"list", "watch"},
         ("Role", "blog", "services"): {"list", "watch"},
         ("Role", "blog", "endpointslices"): {"list", "watch"},
+        ("ClusterRole", "", "nodes"): {"list", "watch"},
         ("Role", "edge", "pods"): {"list", "watch"},
         ("Role", NAMESPACE, f"leases/{RELEASE}"): {"get", "update"},
         ("Role", NAMESPACE, "leases"): {"create"},
@@ -352,6 +378,21 @@ def test_scoped_rbac_and_networkpolicy(rendered: dict[str, list[dict[str, Any]]]
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}},
         }
     ]
+
+
+def test_no_node_rbac_without_zones_from_nodes(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["zones-off"]
+    config = syncer_config(docs)
+    assert config["proxies"]["kubernetes"]["zone_label"] == ""
+    assert config["proxies"]["consul"]["zone_meta"] == "az"
+    assert ("ClusterRole", "", "nodes") not in rules(docs)
+    assert ("Role", NAMESPACE, "pods") in rules(docs)  # proxy discovery itself is on
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-nodes")]
+    # Nor without Kubernetes proxy discovery at all.
+    for variant in ("consul-static", "consul-everything", "sidecar"):
+        assert ("ClusterRole", "", "nodes") not in rules(rendered[variant]), variant
 
 
 def test_defaults_networkpolicy(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -147,12 +147,26 @@ def test_central_rbac_is_least_privilege(central: list[dict[str, Any]]) -> None:
     assert rules(central) == {
         ("ClusterRole", "", "services"): {"list", "watch"},
         ("ClusterRole", "", "endpointslices"): {"list", "watch"},
+        ("ClusterRole", "", "nodes"): {"list", "watch"},
         ("Role", "dyups-syncer", "pods"): {"list", "watch"},
         ("Role", "dyups-syncer", "leases/dyups-syncer"): {"get", "update"},
         ("Role", "dyups-syncer", "leases"): {"create"},
     }
     config = yaml.safe_load(one(central, "ConfigMap", "dyups-syncer")["data"]["config.yaml"])
     assert config["leader_election"]["lease_name"] == "dyups-syncer"
+    # Nodes (for the proxies' zones) have a ClusterRole of their own: nothing else in it,
+    # and it goes with proxy discovery reading the node label.
+    assert config["proxies"]["kubernetes"]["zone_label"]
+    nodes = one(central, "ClusterRole", "dyups-syncer-nodes")
+    assert nodes["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]}
+    ]
+    nodes_binding = one(central, "ClusterRoleBinding", "dyups-syncer-nodes")
+    assert nodes_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "dyups-syncer-nodes",
+    }
     sa = one(central, "ServiceAccount")["metadata"]
     for binding in by_kind(central, "RoleBinding") + by_kind(central, "ClusterRoleBinding"):
         assert binding["subjects"] == [

@@ -9,10 +9,13 @@ It serves, over plain HTTP/1.1 on 127.0.0.1 (keep-alive, chunked watch streams):
 * core v1 `services` and `pods`, discovery.k8s.io/v1 `endpointslices`,
   coordination.k8s.io/v1 `leases`, at the paths of the API concepts doc:
   `/api/v1/{resource}`, `/api/v1/namespaces/{ns}/{resource}[/{name}]`,
-  `/apis/{group}/{version}/...` likewise; GET (list, get, and watch with `?watch=true`
-  or `watch=1`, also the legacy `/watch/` path segment), POST (create), PUT (replace),
-  DELETE, and PATCH with a JSON merge patch (a strategic merge patch is applied as a
-  merge patch).
+  `/apis/{group}/{version}/...` likewise; and the cluster-scoped core v1 `nodes` at
+  `/api/v1/nodes[/{name}]` only (a namespaced path is a 404, as on the apiserver; a
+  Node's `metadata` has no `namespace`, and one sent is cleared, as the apiserver's
+  `EnsureObjectNamespaceMatchesRequestNamespace` does). GET (list, get, and watch with
+  `?watch=true` or `watch=1`, also the legacy `/watch/` path segment), POST (create),
+  PUT (replace), DELETE, and PATCH with a JSON merge patch (a strategic merge patch is
+  applied as a merge patch).
 * one global `resourceVersion` counter, as etcd's revision: every write bumps it and
   stamps the written object; lists report the counter; it is a string on the wire.
 
@@ -71,7 +74,7 @@ Test controls (all thread-safe; every request and state change notifies `wait_fo
 `create`, `update`, `apply`, `patch_labels`, `patch_annotations`, `delete`, `get`,
 `objects`, `compact`, `expire_next_watch`, `close_watches`, `go_down`, `come_up`,
 `set_bookmark_interval`, `requests`, `count`, `request_counts`, `open_watches`,
-`events_sent`, `wait_for`.
+`events_sent`, `wait_for`. Those that take a namespace take "" for a Node.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class ResourceType:
     version: str
     kind: str
     field_labels: tuple[str, ...] = ()
+    namespaced: bool = True
 
     @property
     def api_version(self) -> str:
@@ -139,6 +143,8 @@ RESOURCES: dict[str, ResourceType] = {
         ResourceType("pods", "", "v1", "Pod", ("spec.nodeName", "status.phase", "status.podIP")),
         ResourceType("endpointslices", "discovery.k8s.io", "v1", "EndpointSlice", ("addressType",)),
         ResourceType("leases", "coordination.k8s.io", "v1", "Lease"),
+        # Cluster-scoped; `spec.unschedulable` is the field selector the apiserver adds.
+        ResourceType("nodes", "", "v1", "Node", ("spec.unschedulable",), namespaced=False),
     )
 }
 _BY_KIND = {rt.kind: rt for rt in RESOURCES.values()}
@@ -337,13 +343,22 @@ class FieldRequirement:
         return (_field_value(obj, self.path) == self.value) == self.equal
 
 
+# Fields whose Go zero value is not "" (the apiserver formats the typed struct).
+_FIELD_ZERO = {"spec.unschedulable": "false"}
+
+
 def _field_value(obj: JSON, path: str) -> str:
     node: Any = obj
     for part in path.split("."):
         if not isinstance(node, dict):
-            return ""
+            node = None
+            break
         node = node.get(part)
-    return "" if node is None else str(node)
+    if node is None:
+        return _FIELD_ZERO.get(path, "")
+    if isinstance(node, bool):
+        return "true" if node else "false"  # as Go's fmt.Sprint
+    return str(node)
 
 
 def parse_field_selector(rt: ResourceType, selector: str | None) -> tuple[FieldRequirement, ...]:
@@ -354,7 +369,8 @@ def parse_field_selector(rt: ResourceType, selector: str | None) -> tuple[FieldR
         m = re.fullmatch(r"(?P<path>[^=!\s]+)\s*(?P<op>==|=|!=)\s*(?P<value>.*)", term)
         if m is None:
             raise _bad_request(f"invalid selector: '{selector}'; can't understand '{term}'")
-        if m["path"] not in (*_META_FIELDS, *rt.field_labels):
+        meta_fields = _META_FIELDS if rt.namespaced else ("metadata.name",)
+        if m["path"] not in (*meta_fields, *rt.field_labels):
             raise _bad_request(f"field label not supported: {m['path']}")
         out.append(FieldRequirement(m["path"], m["value"], m["op"] != "!="))
     return tuple(out)
@@ -486,6 +502,23 @@ def _decode_continue(token: str) -> tuple[int, str]:
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise _bad_request(f"continue key is not valid: {exc}") from None
     return rv, start[:-1]
+
+
+def _scope(rt: ResourceType, namespace: str) -> str:
+    """The namespace part of a key given to a test control: "" for a cluster-scoped
+    resource (another is refused: a test bug), the namespace as given otherwise."""
+    if rt.namespaced:
+        return namespace
+    if namespace:
+        raise ValueError(f'{rt.resource} are cluster-scoped: give namespace ""')
+    return ""
+
+
+def _stamp_namespace(rt: ResourceType, meta: JSON, namespace: str) -> None:
+    if rt.namespaced:
+        meta["namespace"] = namespace
+    else:
+        meta.pop("namespace", None)
 
 
 def _sort_key(key: Key) -> str:
@@ -650,12 +683,13 @@ class FakeKubeAPI:
         """Delete an object at once; return its last state (at the deleting write's RV)."""
         rt = _resource(resource)
         with self._cond:
-            return copy.deepcopy(self._delete(rt, namespace, name))
+            return copy.deepcopy(self._delete(rt, _scope(rt, namespace), name))
 
     def get(self, resource: str, namespace: str, name: str) -> JSON | None:
         """The stored object (a copy, with kind/apiVersion), or None."""
+        rt = _resource(resource)
         with self._cond:
-            obj = self._objects.get((_resource(resource).resource, namespace, name))
+            obj = self._objects.get((rt.resource, _scope(rt, namespace), name))
             return copy.deepcopy(obj) if obj is not None else None
 
     def objects(self, resource: str, namespace: str | None = None) -> list[JSON]:
@@ -762,7 +796,8 @@ class FakeKubeAPI:
         if rt is None:
             raise ValueError(f"unknown kind {obj.get('kind')!r}; known: {sorted(_BY_KIND)}")
         meta = obj.get("metadata") or {}
-        namespace, name = meta.get("namespace") or "default", meta.get("name")
+        namespace = (meta.get("namespace") or "default") if rt.namespaced else ""
+        name = meta.get("name")
         if not name:
             raise ValueError("metadata.name is required")
         return rt, namespace, name
@@ -785,9 +820,9 @@ class FakeKubeAPI:
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         meta = obj.setdefault("metadata", {})
         self._rv += 1
+        _stamp_namespace(rt, meta, namespace)
         meta.update(
             name=name,
-            namespace=namespace,
             uid=str(uuid.uuid4()),
             resourceVersion=str(self._rv),
             generation=1,
@@ -825,9 +860,9 @@ class FakeKubeAPI:
         generation = old_meta.get("generation", 1)
         if _content(obj) != _content(old):
             generation += 1
+        _stamp_namespace(rt, meta, namespace)
         meta.update(
             name=name,
-            namespace=namespace,
             uid=old_meta["uid"],
             creationTimestamp=old_meta["creationTimestamp"],
             generation=generation,
@@ -854,6 +889,7 @@ class FakeKubeAPI:
         self, resource: str, namespace: str, name: str, field_name: str, patch: Mapping[str, Any]
     ) -> JSON:
         rt = _resource(resource)
+        namespace = _scope(rt, namespace)
         with self._cond:
             old = self._objects.get((rt.resource, namespace, name))
             if old is None:
@@ -947,10 +983,11 @@ class FakeKubeAPI:
         rt = route.rt
         if verb == "list":
             return 200, self._list(route, query)
+        namespace = route.namespace if rt.namespaced else ""
         if verb == "get":
-            assert route.namespace is not None and route.name is not None
+            assert namespace is not None and route.name is not None
             with self._cond:
-                obj = self._objects.get((rt.resource, route.namespace, route.name))
+                obj = self._objects.get((rt.resource, namespace, route.name))
                 if obj is None:
                     raise _not_found(rt, route.name)
                 return 200, obj
@@ -962,17 +999,17 @@ class FakeKubeAPI:
                     "the server does not allow this method on the requested resource",
                 )
             )
-        if route.namespace is None:
+        if namespace is None:
             raise _bad_request("the namespace of the object must be given in the URL")
         if verb == "delete":
             assert route.name is not None
             with self._cond:
-                return 200, self._delete(rt, route.namespace, route.name)
+                return 200, self._delete(rt, namespace, route.name)
         body = _parse_body(raw)
         if verb == "patch":
             assert route.name is not None
             with self._cond:
-                old = self._objects.get((rt.resource, route.namespace, route.name))
+                old = self._objects.get((rt.resource, namespace, route.name))
                 if old is None:
                     raise _not_found(rt, route.name)
                 merged = _merge_patch(old, body)
@@ -980,7 +1017,7 @@ class FakeKubeAPI:
                     raise _bad_request("the patch does not produce an object")
                 rv_given = (body.get("metadata") or {}).get("resourceVersion")
                 return 200, self._replace(
-                    rt, route.namespace, route.name, merged, check_rv=rv_given is not None
+                    rt, namespace, route.name, merged, check_rv=rv_given is not None
                 )
         _check_body(rt, route, body)
         meta = body.setdefault("metadata", {})
@@ -997,9 +1034,9 @@ class FakeKubeAPI:
                             "Required value: name or generateName is required",
                         )
                     name = prefix + uuid.uuid4().hex[:5]
-                return 201, self._create(rt, route.namespace, body, name)
+                return 201, self._create(rt, namespace, body, name)
             assert route.name is not None
-            return 200, self._replace(rt, route.namespace, route.name, body, check_rv=True)
+            return 200, self._replace(rt, namespace, route.name, body, check_rv=True)
 
     def _list(self, route: _Route, query: Mapping[str, str]) -> JSON:
         rt = route.rt
@@ -1290,8 +1327,10 @@ def _route(path: str) -> _Route | None:
     if rt is None or rt.group != group or rt.version != version:
         return None
     name = rest[1] if len(rest) == 2 else None
-    if name is not None and namespace is None:
-        return None  # every served resource is namespaced
+    if not rt.namespaced and namespace is not None:
+        return None  # a cluster-scoped resource has no namespaced path
+    if rt.namespaced and name is not None and namespace is None:
+        return None  # a namespaced object is named within its namespace
     return _Route(rt, namespace, name, legacy_watch)
 
 
@@ -1347,7 +1386,7 @@ def _check_body(rt: ResourceType, route: _Route, body: JSON) -> None:
     if meta is not None and not isinstance(meta, dict):
         raise _bad_request("metadata must be an object")
     meta = meta or {}
-    if meta.get("namespace") not in (None, "", route.namespace):
+    if rt.namespaced and meta.get("namespace") not in (None, "", route.namespace):
         raise _bad_request(
             "the namespace of the provided object does not match the namespace sent on the request"
         )

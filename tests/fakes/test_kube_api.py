@@ -736,3 +736,216 @@ def test_go_down_refuses_connections_and_come_up_restores_them(
     assert api.port == port
     services = core.list_service_for_all_namespaces()
     assert [s.metadata.name for s in services.items] == ["web"]
+
+
+# --- nodes (cluster-scoped) ------------------------------------------------------------
+
+ZONE = "topology.kubernetes.io/zone"
+
+
+def node(name: str, *, zone: str | None = None, ip: str = "10.0.0.10") -> dict[str, Any]:
+    """A core/v1 Node as the kubelet registers it (API reference: Node v1 core): the
+    well-known labels, spec.podCIDR(s) and providerID, and the status the kubelet
+    reports (addresses, capacity, Ready condition, daemonEndpoints, nodeInfo)."""
+    labels = {
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+    }
+    if zone is not None:
+        labels[ZONE] = zone
+    now = ko.rfc3339()
+    resources = {"cpu": "4", "ephemeral-storage": "100Gi", "memory": "16Gi", "pods": "110"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "podCIDR": "10.244.1.0/24",
+            "podCIDRs": ["10.244.1.0/24"],
+            "providerID": f"kind://docker/kind/{name}",
+        },
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "allocatable": resources,
+            "capacity": resources,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": "5b0c8c2c-2f43-4b8e-9a54-3f4d2f0a8f11",
+                "containerRuntimeVersion": "containerd://1.7.13",
+                "kernelVersion": "6.1.0-18-amd64",
+                "kubeProxyVersion": "v1.30.0",
+                "kubeletVersion": "v1.30.0",
+                "machineID": "0b4d3e6a1c9f4b0e8a2d7c5f9e3b1a60",
+                "operatingSystem": "linux",
+                "osImage": "Debian GNU/Linux 12 (bookworm)",
+                "systemUUID": "9c2a1f3e-7d4b-4c8a-b6e5-0f1d2c3b4a59",
+            },
+        },
+    }
+
+
+def test_nodes_are_cluster_scoped(api: FakeKubeAPI, api_client: client.ApiClient) -> None:
+    api.create(node("node-b", zone="b"))
+    sent = node("node-a", zone="a")
+    sent["metadata"]["namespace"] = "default"  # cleared, as the apiserver does
+    created = api.create(sent)
+    assert "namespace" not in created["metadata"] and created["metadata"]["uid"]
+    api.create(node("node-c"))
+    core = client.CoreV1Api(api_client)
+
+    nodes = core.list_node()
+    assert isinstance(nodes, client.V1NodeList)
+    assert nodes.metadata.resource_version == api.resource_version
+    assert [n.metadata.name for n in nodes.items] == ["node-a", "node-b", "node-c"]
+    first = nodes.items[0]
+    assert first.metadata.namespace is None and first.metadata.labels[ZONE] == "a"
+    assert first.status.node_info.kubelet_version == "v1.30.0"
+    assert first.status.daemon_endpoints.kubelet_endpoint.port == 10250
+    assert first.spec.pod_cidrs == ["10.244.1.0/24"]
+    assert [n.metadata.name for n in core.list_node(label_selector=ZONE).items] == [
+        "node-a",
+        "node-b",
+    ]
+    by_name = core.list_node(field_selector="metadata.name=node-b")
+    assert [n.metadata.name for n in by_name.items] == ["node-b"]
+    assert core.read_node("node-c").metadata.labels["kubernetes.io/hostname"] == "node-c"
+
+    page = core.list_node(limit=2)
+    assert [n.metadata.name for n in page.items] == ["node-a", "node-b"]
+    assert page.metadata.remaining_item_count == 1
+    rest = core.list_node(limit=2, _continue=page.metadata._continue)
+    assert [n.metadata.name for n in rest.items] == ["node-c"]
+
+    with pytest.raises(ApiException) as info:
+        core.list_node(field_selector="metadata.namespace=default")  # none for cluster scope
+    assert info.value.status == 400
+    with pytest.raises(ApiException) as info:
+        core.read_node("node-x")
+    assert (info.value.status, json.loads(info.value.body)["message"]) == (
+        404,
+        'nodes "node-x" not found',
+    )
+    http = urllib3.PoolManager()
+    for path in ("/api/v1/namespaces/default/nodes", "/api/v1/namespaces/default/nodes/node-a"):
+        assert http.request("GET", api.url + path).status == 404, path
+    # ... and a namespaced resource has no cluster-scoped object path.
+    assert http.request("GET", f"{api.url}/api/v1/pods/web-1").status == 404
+
+    # The test controls name a node with namespace "".
+    assert api.get("nodes", "", "node-a") == created
+    assert [n["metadata"]["name"] for n in api.objects("nodes")] == ["node-a", "node-b", "node-c"]
+    with pytest.raises(ValueError, match="cluster-scoped"):
+        api.get("nodes", "default", "node-a")
+
+
+def test_node_watch_follows_label_changes_and_resource_versions(
+    api: FakeKubeAPI, api_client: client.ApiClient
+) -> None:
+    api.create(node("node-a", zone="a"))
+    api.create(node("node-b"))
+    core = client.CoreV1Api(api_client)
+    listed = core.list_node(label_selector=ZONE)
+    rv = listed.metadata.resource_version
+    assert [n.metadata.name for n in listed.items] == ["node-a"]
+
+    w = Collector(
+        core.list_node,
+        resource_version=rv,
+        label_selector=ZONE,
+        allow_watch_bookmarks=True,
+        timeout_seconds=5,
+    )
+    assert api.wait_for(lambda: api.open_watches == 1)
+    api.patch_labels("nodes", "", "node-a", {ZONE: "c"})
+    api.patch_labels("nodes", "", "node-b", {ZONE: "b"})  # enters the selection
+    api.patch_labels("nodes", "", "node-a", {ZONE: None})  # leaves it
+    api.patch_labels("nodes", "", "node-b", {"other": "x"})  # no zone change, still a change
+    deleted = api.delete("nodes", "", "node-b")
+    assert api.wait_for(lambda: len(w.events) == 5)
+    api.close_watches(abrupt=False)
+    w.join()
+    assert w.error is None
+    assert w.types() == ["MODIFIED", "ADDED", "DELETED", "MODIFIED", "DELETED"]
+    assert [e["object"].metadata.name for e in w.events] == [
+        "node-a",
+        "node-b",
+        "node-a",
+        "node-b",
+        "node-b",
+    ]
+    assert isinstance(w.events[0]["object"], client.V1Node)
+    assert w.events[0]["object"].metadata.labels[ZONE] == "c"
+    assert w.events[0]["object"].metadata.generation == 1  # labels are metadata
+    last_rv = w.events[4]["raw_object"]["metadata"]["resourceVersion"]
+    assert last_rv == deleted["metadata"]["resourceVersion"]
+    assert [int(v) for v in w.rvs()] == sorted(int(v) for v in w.rvs())
+    assert api.count("watch", "nodes") == 1
+    assert all(r.namespace is None for r in api.requests if r.resource == "nodes")
+
+    # A compacted resourceVersion is a 410 on nodes too.
+    api.compact()
+    w2 = Collector(core.list_node, resource_version=rv, timeout_seconds=5)
+    w2.join()
+    assert isinstance(w2.error, ApiException) and w2.error.status == 410
+
+
+def test_raw_node_writes_and_the_legacy_watch_path(api: FakeKubeAPI) -> None:
+    http = urllib3.PoolManager()
+    base = f"{api.url}/api/v1/nodes"
+    created = http.request("POST", base, json=node("node-a", zone="a"))
+    assert created.status == 201
+    assert "namespace" not in json.loads(created.data)["metadata"]
+    again = http.request("POST", base, json=node("node-a"))
+    assert (again.status, json.loads(again.data)["reason"]) == (409, "AlreadyExists")
+
+    watch_resp = http.request(
+        "GET",
+        f"{api.url}/api/v1/watch/nodes?resourceVersion={api.resource_version}&timeoutSeconds=5",
+        preload_content=False,
+    )
+    patched = http.request(
+        "PATCH",
+        f"{base}/node-a",
+        body=json.dumps({"metadata": {"labels": {ZONE: "b"}}}),
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert patched.status == 200
+    assert json.loads(patched.data)["metadata"]["labels"][ZONE] == "b"
+    current = json.loads(http.request("GET", f"{base}/node-a").data)
+    current["spec"]["unschedulable"] = True
+    replaced = http.request("PUT", f"{base}/node-a", json=current)
+    assert replaced.status == 200
+    assert json.loads(replaced.data)["metadata"]["generation"] == 2
+    http.request("POST", base, json=node("node-b"))
+    for selector, names in (("true", ["node-a"]), ("false", ["node-b"])):
+        listed = http.request("GET", f"{base}?fieldSelector=spec.unschedulable%3D{selector}")
+        assert [n["metadata"]["name"] for n in json.loads(listed.data)["items"]] == names
+    assert http.request("DELETE", f"{base}/node-a").status == 200
+
+    lines = watch_resp.stream()
+    events = [json.loads(next(lines)) for _ in range(4)]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("MODIFIED", "node-a"),
+        ("MODIFIED", "node-a"),
+        ("ADDED", "node-b"),
+        ("DELETED", "node-a"),
+    ]
+    assert all(e["object"]["kind"] == "Node" for e in events)
+    api.close_watches(abrupt=False)
+    watch_resp.drain_conn()
+    assert api.request_counts[("watch", "nodes")] == 1

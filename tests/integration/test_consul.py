@@ -330,3 +330,161 @@ def test_an_expired_session_is_replaced(make_env):
                 and agent.kv_entry("service/dyups-syncer/leader")["Session"] is not None
             )
         )
+
+
+def test_discovered_proxies_take_the_zone_of_their_node_meta(agent, tmp_path):
+    from syncer.app import App
+    from syncer.config import Config
+    from syncer.testing.dyups import DyupsSimulator
+
+    from .conftest import STATIC
+
+    sim = DyupsSimulator(static=STATIC, read_msg_timeout=0.05).start()
+    try:
+        agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+
+        def register_proxy(node_meta):
+            agent.register(
+                "edge1",
+                "127.0.0.1",
+                "nginx",
+                "nginx-1",
+                port=80,
+                meta={"dyups-port": str(sim.port)},
+                node_meta=node_meta,
+            )
+
+        register_proxy({"zone": "a"})
+        cfg = Config.model_validate(
+            {
+                "sources": [{"type": "consul", "address": f"127.0.0.1:{agent.port}", "wait": "2s"}],
+                "proxies": {
+                    "consul": {
+                        "service": "nginx",
+                        "read_msg_timeout": 0.05,
+                        "wait": "2s",
+                        "client": {"address": f"127.0.0.1:{agent.port}"},
+                    }
+                },
+                "snapshot_path": str(tmp_path / "snap.json"),
+                "debounce": 0,
+                "probe_interval": 0.1,
+                "listen": "127.0.0.1:0",
+            }
+        )
+        app = App(cfg)
+        app.start(serve_http=False)
+
+        def zones():
+            return {w.label: w.s.zone for w in app.workers}
+
+        try:
+            assert sim.wait_until(lambda s: "web" in s.upstreams(0), WAIT)
+            assert zones() == {"nginx-1": "a"}
+            register_proxy({"zone": "b"})  # the node's meta changes: the proxy is re-targeted
+            assert eventually(lambda: zones() == {"nginx-1": "b"})
+            register_proxy({"zone": "not a label value"})
+            assert eventually(lambda: zones() == {"nginx-1": ""})
+            (worker,) = app.workers
+            assert eventually(worker.reconciled_once.is_set)
+            assert "web" in sim.upstreams(0)
+        finally:
+            app.shutdown()
+    finally:
+        sim.stop()
+
+
+# ---------------------------------------------------------------- traffic policies
+
+
+def _zoned_proxies(env, zones):
+    return {
+        "static": [
+            {
+                "url": sim.url,
+                "name": f"p{i}",
+                "zone": zone,
+                "read_msg_timeout": 0.05,
+                "read_timeout": 1.0,
+                "connect_timeout": 0.5,
+                "shm_zone_size": sim.shm_zone_size,
+            }
+            for i, (sim, zone) in enumerate(zip(env.sims, zones, strict=True))
+        ]
+    }
+
+
+def _roles(sim, name):
+    views = [
+        {s.addr: "down" if s.down else "backup" if s.backup else "primary" for s in servers}
+        for servers in (sim.upstreams(w).get(name, []) for w in range(sim.workers))
+    ]
+    return views[0] if all(v == views[0] for v in views) else None
+
+
+def _split(local, remote):
+    return {**dict.fromkeys(local, "primary"), **dict.fromkeys(remote, "backup")}
+
+
+def test_a_zone_aware_service_gives_each_proxy_its_zone_as_primaries(make_env, agent):
+    meta = {"dyups-zone-aware": "true"}
+    for i, (zone, ip) in enumerate(
+        [("a", "10.0.1.1"), ("a", "10.0.1.2"), ("b", "10.0.2.1"), ("b", "10.0.2.2")]
+    ):
+        agent.register(
+            f"n{i}", ip, "web", f"web-{i}", tags=["dyups"], meta=meta, node_meta={"zone": zone}
+        )
+    env = make_env(2)
+    env.start(**consul_cfg(agent), proxies=_zoned_proxies(env, ["a", "b"]))
+    a = {"10.0.1.1:8080", "10.0.1.2:8080"}
+    b = {"10.0.2.1:8080", "10.0.2.2:8080"}
+    assert env.sims[0].wait_until(lambda s: _roles(s, "web") == _split(a, b), WAIT)
+    assert env.sims[1].wait_until(lambda s: _roles(s, "web") == _split(b, a), WAIT)
+    # Zone a is down to one endpoint (under min-local 2): proxy a gets all as primary.
+    agent.set_status("web-0", "critical")
+    a1 = {"10.0.1.2:8080"}
+    assert env.sims[0].wait_until(lambda s: _roles(s, "web") == _split(a1 | b, ()), WAIT)
+    assert env.sims[1].wait_until(lambda s: _roles(s, "web") == _split(b, a1), WAIT)
+    # The default path's query is unchanged: passing instances only.
+    health = [r for r in agent.requests if r.endpoint == "health.service"]
+    assert health and all(r.param("passing") == "1" for r in health)
+
+
+def test_a_critical_instance_drains_as_backup_then_goes(make_env, agent):
+    drains = {"dyups-drain-as-backup": "true", "dyups-drain-seconds": "1500ms"}
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"], meta=drains)
+    agent.register("n2", "10.0.0.2", "web", "web-2", tags=["dyups"], meta=drains)
+    agent.register("n3", "10.0.0.3", "api", "api-1", tags=["dyups"])
+    env = make_env(1)
+    app = env.start(**consul_cfg(agent))
+    (sim,) = env.sims
+    both = {"10.0.0.1:8080": "primary", "10.0.0.2:8080": "primary"}
+    assert sim.wait_until(lambda s: _roles(s, "web") == both, WAIT)
+    # The answer showed drain-as-backup: web's query now asks for every instance
+    # (api's, under the default policy, still for the passing ones only).
+    assert eventually(
+        lambda: any(
+            r.param("passing") is None
+            for r in agent.requests
+            if r.endpoint == "health.service" and r.service == "web"
+        )
+    )
+    agent.set_status("web-2", "critical")
+    draining = {"10.0.0.1:8080": "primary", "10.0.0.2:8080": "backup"}
+    assert sim.wait_until(lambda s: _roles(s, "web") == draining, WAIT)
+    assert sim.wait_until(lambda s: _roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
+    # healthy again: back in rotation
+    agent.set_status("web-2", "passing")
+    assert sim.wait_until(lambda s: _roles(s, "web") == both, WAIT)
+    api = [r for r in agent.requests if r.endpoint == "health.service" and r.service == "api"]
+    assert api and all(r.param("passing") == "1" for r in api)
+    # The policy goes: the query filters again, and a critical instance just leaves.
+    agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"])
+    agent.register("n2", "10.0.0.2", "web", "web-2", tags=["dyups"])
+    assert eventually(lambda: not app.sources[0].status()["rejected"])
+    agent.clear_requests()
+    agent.set_status("web-2", "critical")
+    assert sim.wait_until(lambda s: _roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
+    assert eventually(
+        lambda: any(r.service == "web" and r.param("passing") == "1" for r in agent.requests)
+    )

@@ -4,6 +4,7 @@ the fake API server (real wire protocol, real client library) and simulated prox
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 
@@ -404,3 +405,273 @@ def test_kubeconfig_from_the_command_line(tmp_path, kube):
 
     names = [s.metadata.name for s in k8s.CoreV1Api(api).list_service_for_all_namespaces().items]
     assert names == ["web"]
+
+
+# --- proxy zones from their nodes --------------------------------------------------------
+
+ZONE = "topology.kubernetes.io/zone"
+
+
+def node(name, zone=None):
+    """A core/v1 Node as the kubelet registers it (the fields read here: labels)."""
+    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}
+    if zone is not None:
+        labels[ZONE] = zone
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+        "status": {
+            "addresses": [{"type": "Hostname", "address": name}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        },
+    }
+
+
+class RecordingLog:
+    """A structlog-like logger that keeps (level, event, context) records."""
+
+    def __init__(self, records=None, **context):
+        self.records = [] if records is None else records
+        self.context = context
+
+    def bind(self, **context):
+        return RecordingLog(self.records, **{**self.context, **context})
+
+    def _record(self, level, event, **kwargs):
+        self.records.append((level, event, {**self.context, **kwargs}))
+
+    def debug(self, event, **kwargs):
+        self._record("debug", event, **kwargs)
+
+    def info(self, event, **kwargs):
+        self._record("info", event, **kwargs)
+
+    def warning(self, event, **kwargs):
+        self._record("warning", event, **kwargs)
+
+    def error(self, event, **kwargs):
+        self._record("error", event, **kwargs)
+
+
+def test_a_proxy_takes_the_zone_of_its_node_and_follows_its_label(kube, tmp_path):
+    host = "127.0.0.2"
+    port = _free_port([host])
+    sim = DyupsSimulator(host=host, port=port, static=STATIC, read_msg_timeout=0.05).start()
+    try:
+        kube.apply(opted_in("web"))
+        kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1")))
+        kube.apply(node("node-a", zone="a"))
+        kube.apply(node("node-b", zone="b"))
+        kube.apply(pod("edge", "nginx-0", ip=host, labels={"app": "nginx"}, node="node-a"))
+        cfg = Config.model_validate(
+            {
+                "sources": [{"type": "kubernetes", "client": {"api_url": kube.url}}],
+                "proxies": {
+                    "kubernetes": {
+                        "namespace": "edge",
+                        "label_selector": "app=nginx",
+                        "port": port,
+                        "read_msg_timeout": 0.05,
+                        "client": {"api_url": kube.url},
+                    }
+                },
+                "snapshot_path": str(tmp_path / "snap.json"),
+                "debounce": 0,
+                "probe_interval": 0.1,
+                "listen": "127.0.0.1:0",
+            }
+        )
+        app = App(cfg)
+        app.start(serve_http=False)
+
+        def zones():
+            return {w.label: w.s.zone for w in app.workers}
+
+        try:
+            assert sim.wait_until(lambda s: "web" in s.upstreams(0), WAIT)
+            # The first worker already has its zone: the pods were listed after the nodes.
+            assert zones() == {"nginx-0": "a"}
+            first = app.workers[0]
+            (nodes_list,) = [r for r in kube.requests if (r.verb, r.resource) == ("list", "nodes")]
+            assert nodes_list.query["labelSelector"] == ZONE  # only the nodes with the label
+
+            kube.patch_labels("nodes", "", "node-a", {ZONE: "c"})
+            assert eventually(lambda: zones() == {"nginx-0": "c"})
+            # Re-targeted: a new worker with the new zone, whose first round is a full
+            # reconcile, and the proxy keeps its upstreams.
+            (second,) = app.workers
+            assert second is not first
+            assert eventually(second.reconciled_once.is_set)
+            assert "web" in sim.upstreams(0)
+
+            kube.patch_labels("nodes", "", "node-b", {ZONE: "d"})  # another node: no change
+            kube.patch_labels("nodes", "", "node-a", {ZONE: "bad value"})  # not a label value
+            assert eventually(lambda: zones() == {"nginx-0": ""})
+            kube.patch_labels("nodes", "", "node-a", {ZONE: "a"})
+            assert eventually(lambda: zones() == {"nginx-0": "a"})
+            kube.delete("nodes", "", "node-a")
+            assert eventually(lambda: zones() == {"nginx-0": ""})
+        finally:
+            app.shutdown()
+    finally:
+        sim.stop()
+
+
+def _discovery(kube, log, updates, **settings):
+    from syncer.config import KubernetesProxiesConfig
+    from syncer.sources.kube_proxies import ProxyDiscovery
+    from syncer.sources.kubernetes import api_client
+
+    cfg = KubernetesProxiesConfig(
+        namespace="edge",
+        label_selector="app=nginx",
+        port=8081,
+        client={"api_url": kube.url},
+        **settings,
+    )
+    return ProxyDiscovery(
+        cfg=cfg,
+        api=api_client(cfg.client),
+        update=lambda group, targets: updates.append(targets),
+        log=log,
+    )
+
+
+def test_nodes_that_cannot_be_read_leave_proxies_without_a_zone(kube, monkeypatch):
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    forbidden = threading.Event()
+    forbidden.set()
+    node_calls = []
+    real_list_node = k8s.CoreV1Api.list_node
+
+    def list_node(self, **kwargs):
+        node_calls.append(kwargs)
+        if forbidden.is_set():  # as without RBAC for nodes
+            raise ApiException(status=403, reason="Forbidden")
+        return real_list_node(self, **kwargs)
+
+    monkeypatch.setattr(k8s.CoreV1Api, "list_node", list_node)
+    kube.apply(node("node-a", zone="a"))
+    kube.apply(pod("edge", "nginx-0", ip="10.1.0.5", labels={"app": "nginx"}, node="node-a"))
+    log, updates = RecordingLog(), []
+    discovery = _discovery(kube, log, updates)
+    discovery.start()
+    try:
+        assert eventually(lambda: updates and discovery.synced)
+        assert {k: t.zone for k, t in updates[-1].items()} == {"nginx-0": ""}
+        assert eventually(lambda: len(node_calls) >= 3)  # retried...
+        warnings = [(e, ctx) for level, e, ctx in log.records if level == "warning"]
+        assert [e for e, _ in warnings] == ["node_zones_unavailable"]  # ...logged once
+        assert warnings[0][1]["error"] == "HTTP 403: Forbidden"
+
+        forbidden.clear()  # RBAC granted: the next retry lists the nodes
+        assert eventually(lambda: updates[-1]["nginx-0"].zone == "a")
+        assert ("info", "node_zones_available") in [(lvl, e) for lvl, e, _ in log.records]
+    finally:
+        discovery.stop()
+
+
+@pytest.mark.parametrize("settings", [{"zone_label": ""}, {"zone": "manual"}])
+def test_nodes_are_not_read_when_no_zone_comes_from_them(kube, settings):
+    kube.apply(node("node-a", zone="a"))
+    kube.apply(pod("edge", "nginx-0", ip="10.1.0.5", labels={"app": "nginx"}, node="node-a"))
+    updates = []
+    discovery = _discovery(kube, RecordingLog(), updates, **settings)
+    discovery.start()
+    try:
+        assert eventually(lambda: updates)
+        assert updates[-1]["nginx-0"].zone == settings.get("zone", "")
+        assert discovery.nodes is None
+        assert not [r for r in kube.requests if r.resource == "nodes"]
+    finally:
+        discovery.stop()
+
+
+# ---------------------------------------------------------------- traffic policies
+
+
+def zoned_proxies(env, zones):
+    """`proxies.static` for env's simulators, the i-th one in zone `zones[i]`."""
+    return {
+        "static": [
+            {
+                "url": sim.url,
+                "name": f"p{i}",
+                "zone": zone,
+                "read_msg_timeout": 0.05,
+                "read_timeout": 1.0,
+                "connect_timeout": 0.5,
+                "shm_zone_size": sim.shm_zone_size,
+            }
+            for i, (sim, zone) in enumerate(zip(env.sims, zones, strict=True))
+        ]
+    }
+
+
+def roles(sim, name):
+    """Each server's role on every worker of `sim` (they must agree)."""
+    views = [
+        {s.addr: "down" if s.down else "backup" if s.backup else "primary" for s in servers}
+        for servers in (sim.upstreams(w).get(name, []) for w in range(sim.workers))
+    ]
+    return views[0] if all(v == views[0] for v in views) else None
+
+
+def test_a_zone_aware_service_gives_each_proxy_its_zone_as_primaries(make_env, kube):
+    kube.apply(opted_in("web", **{f"{P}/zone-aware": "true"}))
+    kube.apply(
+        slice_of(
+            "web-a",
+            endpoints=[
+                endpoint("10.0.1.1", zone="a"),
+                endpoint("10.0.1.2", zone="a"),
+                endpoint("10.0.2.1", zone="b"),
+                endpoint("10.0.2.2", zone="b"),
+            ],
+        )
+    )
+    env = make_env(3)
+    env.start(**kube_config(env, kube), proxies=zoned_proxies(env, ["a", "b", ""]))
+    a = {"10.0.1.1:8080", "10.0.1.2:8080"}
+    b = {"10.0.2.1:8080", "10.0.2.2:8080"}
+
+    def split(local, remote):
+        return {**dict.fromkeys(local, "primary"), **dict.fromkeys(remote, "backup")}
+
+    assert env.sims[0].wait_until(lambda s: roles(s, "web") == split(a, b), WAIT)
+    assert env.sims[1].wait_until(lambda s: roles(s, "web") == split(b, a), WAIT)
+    # a proxy without a zone gets the upstream as the source gives it
+    assert env.sims[2].wait_until(lambda s: roles(s, "web") == split(a | b, ()), WAIT)
+
+    # The annotation goes: every proxy gets every endpoint as primary again.
+    kube.apply(opted_in("web"))
+    for sim in env.sims:
+        assert sim.wait_until(lambda s: roles(s, "web") == split(a | b, ()), WAIT)
+
+
+def test_a_terminating_endpoint_drains_as_backup_then_goes(make_env, kube):
+    drains = {f"{P}/drain-as-backup": "true", f"{P}/drain-seconds": "1500ms"}
+    kube.apply(opted_in("web", **drains))
+    kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1", "10.0.0.2")))
+    env = make_env(1)
+    env.start(**kube_config(env, kube))
+    (sim,) = env.sims
+    both = {"10.0.0.1:8080": "primary", "10.0.0.2:8080": "primary"}
+    assert sim.wait_until(lambda s: roles(s, "web") == both, WAIT)
+    kube.apply(
+        slice_of(
+            "web-a",
+            endpoints=[
+                *eps("10.0.0.1"),
+                *eps("10.0.0.2", ready=False, serving=True, terminating=True),
+            ],
+        )
+    )
+    draining = {"10.0.0.1:8080": "primary", "10.0.0.2:8080": "backup"}
+    assert sim.wait_until(lambda s: roles(s, "web") == draining, WAIT)
+    # drain_seconds later it is gone, though the endpoint is still terminating
+    assert sim.wait_until(lambda s: roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
