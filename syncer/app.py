@@ -19,7 +19,7 @@ from syncer.config import (
 )
 from syncer.http import StatusServer
 from syncer.metrics import Metrics
-from syncer.model import Upstream
+from syncer.model import DEFAULT_TRAFFIC, TrafficPolicy, Upstream
 from syncer.plan import Mode, Ownership, Plan, PlanPolicy, plan
 from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour
 from syncer.proxy.fleet import Fleet
@@ -32,7 +32,9 @@ from syncer.sources.file import FileSource
 from syncer.state import Store
 
 
-def client_settings(proxy: ProxyConfig, *, verify: bool) -> ClientSettings:
+def client_settings(
+    proxy: ProxyConfig, *, verify: bool, verify_min_bytes: int = 0
+) -> ClientSettings:
     tls = proxy.tls
     return ClientSettings(
         url=proxy.url,
@@ -48,6 +50,7 @@ def client_settings(proxy: ProxyConfig, *, verify: bool) -> ClientSettings:
         insecure_skip_verify=bool(tls and tls.insecure_skip_verify),
         flavour=None if proxy.flavour == "auto" else Flavour(proxy.flavour),
         verify_after_write=verify,
+        verify_min_bytes=verify_min_bytes,
     )
 
 
@@ -85,7 +88,10 @@ def build_source(
     log: Any,
     *,
     allow_empty: bool = False,
+    traffic: TrafficPolicy = DEFAULT_TRAFFIC,
 ) -> Source:
+    """The source `cfg` describes; `traffic` is the policy of an upstream whose
+    service (or file entry) does not set its own (`traffic:` in the config)."""
     if isinstance(cfg, ConsulSourceConfig):
         from syncer.sources import consul_translate
         from syncer.sources.consul import ConsulSource, make_client
@@ -111,6 +117,8 @@ def build_source(
                 meta_prefix=cfg.meta_prefix,
                 statuses=tuple(cfg.statuses),
                 use_consul_weights=cfg.use_consul_weights,
+                zone_meta=cfg.zone_meta or "",
+                traffic=traffic,
             ),
             wait=cfg.wait,
             min_interval=cfg.min_interval,
@@ -136,6 +144,7 @@ def build_source(
                 terminating_fallback=cfg.terminating_fallback,
                 allow_fqdn=cfg.allow_fqdn,
                 static=static_mapping(cfg.static),
+                traffic=traffic,
             ),
             namespaces=cfg.namespaces,
             label_selector=cfg.label_selector,
@@ -150,6 +159,7 @@ def build_source(
         log=log,
         poll_interval=cfg.poll_interval,
         allow_hostnames=cfg.allow_hostnames,
+        traffic=traffic,
     )
 
 
@@ -169,7 +179,14 @@ class App:
             config.snapshot_path, self.store.snapshot, on_error=self._snapshot_failed
         )
         self.sources = [
-            build_source(s, self.store, self.metrics, self.log, allow_empty=config.allow_empty)
+            build_source(
+                s,
+                self.store,
+                self.metrics,
+                self.log,
+                allow_empty=config.allow_empty,
+                traffic=config.traffic.policy(),
+            )
             for s in config.sources
         ]
         self.fleet: Fleet[ProxyConfig] = Fleet(
@@ -191,7 +208,13 @@ class App:
         assert self.writer is not None
         return ProxyWorker(
             label=label,
-            client=DyupsClient(client_settings(proxy, verify=self.config.verify_after_write)),
+            client=DyupsClient(
+                client_settings(
+                    proxy,
+                    verify=self.config.verify_after_write,
+                    verify_min_bytes=self.config.verify_min_bytes,
+                )
+            ),
             store=self.store,
             settings=worker_settings(self.config, proxy),
             metrics=self.metrics,
@@ -406,7 +429,14 @@ def dry_run(config: Config, log: Any) -> tuple[dict[str, Plan | str], Mapping[st
     if data is not None:
         store.restore(data)
     for cfg in config.sources:
-        source = build_source(cfg, store, metrics, log, allow_empty=config.allow_empty)
+        source = build_source(
+            cfg,
+            store,
+            metrics,
+            log,
+            allow_empty=config.allow_empty,
+            traffic=config.traffic.policy(),
+        )
         if isinstance(source, FileSource):
             source.poll()
         else:

@@ -156,6 +156,9 @@ class ConsulSourceConfig(_Strict):
     statuses: list[Literal["passing", "warning"]] = ["passing"]
     health_tag: str | None = None  # only instances with this tag
     use_consul_weights: bool = True  # Weights.Passing / Weights.Warning
+    zone_meta: str | None = (
+        "zone"  # Node.Meta key holding an instance's zone, for zone-aware upstreams (null: none)
+    )
     consistency: Literal["default", "consistent", "stale"] = "default"
     wait: Duration = 300.0
     min_interval: Duration = 1.0  # rate limit for queries that return unchanged quickly

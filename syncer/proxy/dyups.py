@@ -106,6 +106,8 @@ class ClientSettings:
     insecure_skip_verify: bool = False
     flavour: Flavour | None = None  # None: detect
     verify_after_write: bool = True
+    # Requests at or under this size are not read back (see upsert).
+    verify_min_bytes: int = 0
     max_idle_connections: int = 4
 
 
@@ -467,7 +469,7 @@ class DyupsClient:
             self._flavour = self.settings.flavour
             return _result(Outcome.UNAVAILABLE, None, f"{e.__class__.__name__}: {e}", started)
         outcome = _post_outcome(answer)
-        if outcome is Outcome.APPLIED and self.settings.verify_after_write:
+        if outcome is Outcome.APPLIED and self._needs_read_back(path, body):
             mismatch = self._verify(upstream)
             if mismatch == _READ_BACK_MISSING:
                 # Not a cut body: the proxy lost the upstream after accepting it (a
@@ -476,6 +478,19 @@ class DyupsClient:
             if mismatch:
                 return _result(Outcome.VERIFY_FAILED, answer.status, answer.body, started, mismatch)
         return _result(outcome, answer.status, answer.body, started)
+
+    def _needs_read_back(self, path: str, body: bytes) -> bool:
+        """The module joins only the first two buffers of a body: a request cut
+        into three or more reads loses servers silently (dyups-interface.md). We send
+        each request in one write; one that fits nginx's 1 KiB header buffer arrives
+        in at most two reads (one TCP segment, or two of the 536-byte minimum), so it
+        cannot be cut and reading it back would only double the requests."""
+        if not self.settings.verify_after_write:
+            return False
+        headers = sum(len(k) + len(v) + 4 for k, v in self._endpoint.headers.items())
+        # Request line, Host, Content-Length and Connection, generously.
+        size = len(body) + len(path) + len(self._endpoint.base_path) + headers + 160
+        return size > self.settings.verify_min_bytes
 
     def _verify(self, upstream: Upstream) -> str:
         """Read the upstream back; describe any difference ('' when it matches)."""

@@ -2,7 +2,11 @@
 
 One blocking query on the catalog (`/v1/catalog/services`, filtered to services that
 carry the opt-in tag or meta) starts and stops one watcher per service; each watcher
-runs a blocking query on `/v1/health/service/<name>`. Blocking-query hygiene follows
+runs a blocking query on `/v1/health/service/<name>` (with `?passing` when only passing
+instances are served, except for a service whose policy has `drain-as-backup`: that
+one needs every instance, to keep those that leave as draining servers; the watcher
+switches queries, at once, when the answer shows the policy changed). Blocking-query
+hygiene follows
 Consul's documentation: the index is reset when it goes backwards or is not above
 zero, a loop that returns unchanged quickly is rate-limited, `wait` gets jitter,
 errors back off, and a 200 whose index did not move is "no change".
@@ -34,7 +38,7 @@ except ImportError:  # ...python-consul2 in consul.base
 from syncer.config import ConsulClientConfig
 from syncer.metrics import Metrics
 from syncer.sources.base import Source
-from syncer.sources.consul_translate import Options, build_upstream
+from syncer.sources.consul_translate import Options, build_upstream, needs_every_instance
 from syncer.sources.services import ServiceUpstreams
 from syncer.state import Store
 
@@ -118,6 +122,11 @@ class BlockingQuery:
         self.synced = threading.Event()
         self.last_error = ""
 
+    def refetch(self) -> None:
+        """Make the next fetch answer at once rather than block (forget the index).
+        For `on_change`, which runs between two fetches, when the query must change."""
+        self.index = 0
+
     def run(self, stop: threading.Event, clock: Callable[[], float] = time.monotonic) -> None:
         failures = 0
         while not stop.is_set():
@@ -128,13 +137,7 @@ class BlockingQuery:
                 index, data = self._fetch(self.index, f"{wait:.0f}s")
             except ERRORS as e:
                 failures += 1
-                self.healthy = False
-                self.last_error = f"{e.__class__.__name__}: {e}"
-                delay = min(self._backoff_max, 0.25 * 2**failures) * random.uniform(0.5, 1.0)
-                self.log.warning(
-                    "consul_query_failed", error=self.last_error, retry_in=round(delay, 2)
-                )
-                stop.wait(delay)
+                self._failed("consul_query_failed", e, failures, stop)
                 continue
             failures = 0
             self.healthy = True
@@ -150,11 +153,24 @@ class BlockingQuery:
                 changed = first or index != self.index
                 self.index = index
             if changed:
-                self._on_change(data, index)
+                try:
+                    self._on_change(data, index)
+                except Exception as e:  # an answer we cannot use must not end this watcher
+                    failures += 1
+                    self.index = 0  # ask again in full, after the backoff
+                    self._failed("consul_answer_unusable", e, failures, stop)
+                    continue
                 self.synced.set()
             elif clock() - started < self._min_interval:
                 # An unchanged answer that came back quickly: do not spin.
                 stop.wait(self._min_interval - (clock() - started))
+
+    def _failed(self, event: str, error: Exception, failures: int, stop: threading.Event) -> None:
+        self.healthy = False
+        self.last_error = f"{error.__class__.__name__}: {error}"
+        delay = min(self._backoff_max, 0.25 * 2**failures) * random.uniform(0.5, 1.0)
+        self.log.warning(event, error=self.last_error, retry_in=round(delay, 2))
+        stop.wait(delay)
 
 
 class ConsulSource(Source):
@@ -215,14 +231,16 @@ class ConsulSource(Source):
         expr = f'"{tag}" in ServiceTags or "{meta}" in ServiceMeta'
         return self._get("/v1/catalog/services", index, wait, [("filter", expr)])
 
-    def _fetch_health(self, service: str) -> Callable[[int, str], tuple[int, Any]]:
-        extra: list[tuple[str, str]] = []
-        if self.options.statuses == ("passing",):
-            extra.append(("passing", "1"))
-        if self._health_tag:
-            extra.append(("tag", self._health_tag))
+    def _fetch_health(
+        self, service: str, every_instance: threading.Event
+    ) -> Callable[[int, str], tuple[int, Any]]:
+        passing = [("passing", "1")] if self.options.passing_only else []
+        tag = [("tag", self._health_tag)] if self._health_tag else []
 
         def fetch(index: int, wait: str) -> tuple[int, Any]:
+            # Without the server-side filter only for a service that drains (the
+            # default path's query is exactly what it always was).
+            extra = tag if every_instance.is_set() else passing + tag
             return self._get(f"/v1/health/service/{service}", index, wait, extra)
 
         return fetch
@@ -280,6 +298,11 @@ class ConsulSource(Source):
 
     def _start_watcher(self, service: str) -> None:
         service_stop = threading.Event()
+        # Set while the service's policy drains: the query returns every instance.
+        # Until an answer shows the policy, the configured default decides.
+        every_instance = threading.Event()
+        if self.options.passing_only and self.options.traffic.drain_as_backup:
+            every_instance.set()
 
         def changed(entries: Any, index: int) -> None:
             if not isinstance(entries, list):
@@ -289,9 +312,23 @@ class ConsulSource(Source):
                     self._entries[service] = entries
                     self._pending[service] = self._clock()
                     self._lock.notify_all()
+            try:
+                wanted = needs_every_instance(service, entries, self.options)
+            except (AttributeError, TypeError, ValueError):  # entries of the wrong shape
+                wanted = every_instance.is_set()
+            if wanted != every_instance.is_set():
+                # The policy changed (or was first read): ask again, at once, with the
+                # other query. This answer stands meanwhile (a passing-only view is
+                # still right about every served instance).
+                if wanted:
+                    every_instance.set()
+                else:
+                    every_instance.clear()
+                query.refetch()
+                self.log.debug("consul_health_query_switched", service=service, every=wanted)
 
         query = BlockingQuery(
-            fetch=self._fetch_health(service),
+            fetch=self._fetch_health(service, every_instance),
             on_change=changed,
             wait=self._wait,
             min_interval=self._min_interval,

@@ -5,19 +5,37 @@ A service opts in with a tag (default `dyups`) or the service meta `dyups-upstre
 instance: address = `Service.Address`, else `Node.Address`; port = `Service.Port`; weight =
 meta `dyups-weight`, else Consul's own `Weights.Passing` (or `Weights.Warning` for an
 instance in warning state); `dyups-max-fails`, `dyups-fail-timeout`, `dyups-backup`.
-Upstream-level values (name, directives) come from the instances' meta; instances that
-disagree make the service rejected rather than half-applied.
+Upstream-level values (name, directives, traffic policy) come from the instances' meta;
+instances that disagree make the service rejected rather than half-applied.
+
+Traffic policy (docs/traffic.md): the meta `dyups-<key>` for the keys of
+`syncer.traffic.POLICY_KEYS` over the configured default; an instance's zone is its
+node's meta `zone` (`Options.zone_meta`). With `drain-as-backup`, an instance that is
+not in a served state (it went critical, or into maintenance) stays as a draining
+server while the service has served ones; the source then asks Consul for every
+instance, not only the passing ones (`needs_every_instance`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from syncer.model import Directive, ModelError, Server, Upstream, label_value, normalize_name
+from syncer.model import (
+    DEFAULT_TRAFFIC,
+    Directive,
+    ModelError,
+    Server,
+    TrafficPolicy,
+    Upstream,
+    label_value,
+    normalize_name,
+)
 from syncer.sources.services import Rejection
+from syncer.sources.traffic_fields import POLICY_KEYS, PolicyFieldError, message_of, policy_of
 
 Entry = Mapping[str, Any]
 STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
@@ -30,7 +48,15 @@ class Options:
     # Health states served: ("passing",) or ("passing", "warning").
     statuses: tuple[str, ...] = ("passing",)
     use_consul_weights: bool = True
-    zone_meta_key: str = "zone"
+    # The node meta key holding an instance's zone ("" for none).
+    zone_meta: str = "zone"
+    # The policy of a service without traffic meta (`traffic:` in the config).
+    traffic: TrafficPolicy = DEFAULT_TRAFFIC
+
+    @property
+    def passing_only(self) -> bool:
+        """Whether the default health query asks Consul for passing instances only."""
+        return self.statuses == ("passing",)
 
 
 def opts_in(name: str, tags: Iterable[str], options: Options) -> bool:
@@ -82,16 +108,71 @@ def upstream_name(service: str, entries: Iterable[Entry], options: Options) -> s
         return Rejection(service, "name", f"{options.meta_prefix}upstream", str(e))
 
 
+def _visible(entries: list[Entry], options: Options) -> list[Entry]:
+    """The entries the default query returns: with `passing_only`, Consul filters the
+    others out (`?passing`); a query for every instance (drain) sees more, and the
+    upstream-level values must not depend on which query ran."""
+    if not options.passing_only:
+        return entries
+    return [e for e in entries if entry_status(e) == "passing"]
+
+
+def service_policy(
+    service: str, entries: Iterable[Entry], options: Options
+) -> TrafficPolicy | Rejection:
+    """The traffic policy the instances' meta ask for (they must agree), over the default."""
+    p = options.meta_prefix
+    wanted = [_policy_meta(_meta(e), p) for e in entries]
+    for other in wanted[1:]:
+        if other != wanted[0]:
+            key = next(k for k in POLICY_KEYS if other.get(k) != wanted[0].get(k))
+            return Rejection(
+                service,
+                "meta_conflict",
+                f"{p}{key}",
+                f"instances disagree on {p}{key}: "
+                f"{_shown(wanted[0].get(key))} and {_shown(other.get(key))}",
+            )
+    try:
+        return policy_of(wanted[0] if wanted else {}, options.traffic)
+    except PolicyFieldError as e:
+        return Rejection(service, "traffic", f"{p}{e.key}", message_of(e))
+
+
+def _policy_meta(meta: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    if not isinstance(meta, Mapping):
+        return {}
+    return {key: meta[f"{prefix}{key}"] for key in POLICY_KEYS if f"{prefix}{key}" in meta}
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "(none)"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def needs_every_instance(service: str, entries: list[Entry], options: Options) -> bool:
+    """Whether the service's health query must return every instance, not only the
+    passing ones: with `drain-as-backup` (from the entries the query returned), the
+    instances that leave the served states become draining servers."""
+    if not options.passing_only:
+        return False  # the query is not filtered anyway
+    policy = service_policy(service, _visible(entries, options), options)
+    return isinstance(policy, TrafficPolicy) and policy.drain_as_backup
+
+
 def build_upstream(
     service: str, entries: list[Entry], options: Options
 ) -> Upstream | Rejection | None:
     """The upstream of one service; None when no instance is in a served state (the
     caller applies the empty-result policy)."""
-    name = upstream_name(service, entries, options)
+    visible = _visible(entries, options)
+    name = upstream_name(service, visible, options)
     if isinstance(name, Rejection):
         return name
     p = options.meta_prefix
-    directive_texts = {str(_meta(e).get(f"{p}directives") or "") for e in entries}
+    directive_texts = {str(_meta(e).get(f"{p}directives") or "") for e in visible}
     if len(directive_texts) > 1:
         return Rejection(
             service,
@@ -106,10 +187,16 @@ def build_upstream(
                 directives.append(Directive.parse(text))
             except ModelError as e:
                 return Rejection(service, "directive", f"{p}directives", str(e))
+    policy = service_policy(service, visible, options)
+    if isinstance(policy, Rejection):
+        return policy
     servers: dict[str, Server] = {}
+    leaving: list[Server] = []
     for entry in sorted(entries, key=lambda e: str((e.get("Service") or {}).get("ID", ""))):
         status = entry_status(entry)
         if status not in options.statuses:
+            if policy.drain_as_backup:
+                leaving += _draining(entry, status, options)
             continue
         try:
             server = _server(entry, status, options)
@@ -118,11 +205,25 @@ def build_upstream(
             return Rejection(service, "instance", f"instance {svc_id}", str(e))
         servers.setdefault(server.address, server)
     if not servers:
-        return None
+        return None  # draining instances alone are no upstream: the empty policy applies
+    for server in leaving:  # an address that some instance serves is not draining
+        servers.setdefault(server.address, server)
     try:
-        return Upstream(name, tuple(servers.values()), tuple(directives))
+        return Upstream(name, tuple(servers.values()), tuple(directives), policy)
     except ModelError as e:
         return Rejection(service, "upstream", "servers", str(e))
+
+
+def _draining(entry: Entry, status: str, options: Options) -> list[Server]:
+    """An instance out of the served states, as a draining server; none if its data
+    cannot make one (it is not served: it does not reject the service)."""
+    try:
+        server = _server(entry, status, options)
+    except (ValueError, ModelError, TypeError):
+        return []
+    # Its own `backup` does not matter (the policy makes it backup or drops it), and
+    # under ip_hash/random a backup server would make the upstream invalid.
+    return [dataclasses.replace(server, backup=False, draining=True)]
 
 
 def _server(entry: Entry, status: str, options: Options) -> Server:
@@ -150,6 +251,12 @@ def _server(entry: Entry, status: str, options: Options) -> Server:
         max_fails=_int(meta, f"{p}max-fails", 1),
         fail_timeout=_int(meta, f"{p}fail-timeout", 10),
         backup=backup in ("true", "1", "yes"),
-        zone=label_value(str(node_meta.get(options.zone_meta_key, "") or "")),
+        zone=_zone(node_meta, options.zone_meta),
         node=label_value(str(node.get("Node", "") or "")),
     )
+
+
+def _zone(node_meta: object, key: str) -> str:
+    """The node's zone: metadata only, so a strange value is dropped, never fatal."""
+    value = node_meta.get(key) if key and isinstance(node_meta, Mapping) else None
+    return label_value(value) if isinstance(value, str) else ""

@@ -5,7 +5,13 @@
         servers:
           - 10.0.0.7:8080
           - {address: "[fd00::9]:8080", weight: 3, max_fails: 2, fail_timeout: 5s, backup: true}
+          - {address: 10.0.1.7:8080, zone: eu-west-1b}
         directives: [least_conn, keepalive 16]
+        traffic: {zone-aware: true, slow-start: 30s}
+
+`traffic` sets the upstream's traffic policy over the configured default, with the
+keys of docs/traffic.md (`zone-aware` or `zone_aware`); a server's `zone` is what
+zone-aware proxies compare with their own.
 
 A file that cannot be read, parsed or validated keeps the last good state; the
 error names the file, the line and the field.
@@ -25,15 +31,18 @@ import yaml
 
 from syncer.metrics import Metrics
 from syncer.model import (
+    DEFAULT_TRAFFIC,
     Directive,
     ModelError,
     ParseError,
     Server,
+    TrafficPolicy,
     Upstream,
     normalize_name,
     parse_address,
 )
 from syncer.sources.base import Source
+from syncer.sources.traffic_fields import POLICY_KEYS, PolicyFieldError, message_of, policy_of
 from syncer.state import Store
 
 SERVER_KEYS = {
@@ -46,7 +55,9 @@ SERVER_KEYS = {
     "backup",
     "down",
     "max_conns",
+    "zone",
 }
+UPSTREAM_KEYS = ("servers", "directives", "traffic")
 # A bounded run of ASCII digits: `\d` also matches other scripts' digits, and int()
 # refuses strings of more than 4,300 digits with ValueError.
 _SECONDS_RE = re.compile(r"([0-9]{1,9})(s|m|h)?")
@@ -175,16 +186,56 @@ def _server(raw: object, *, allow_hostnames: bool) -> Server:
             raise ModelError(f"address {address!r} must be IP:port or [IPv6]:port") from e
     if "fail_timeout" in kwargs:
         kwargs["fail_timeout"] = whole_seconds(kwargs["fail_timeout"])
+    if "zone" in kwargs and not isinstance(kwargs["zone"], str):
+        raise ModelError(f"zone must be a zone name like eu-west-1a, got {kwargs['zone']!r}")
     return Server(**kwargs, allow_hostname=allow_hostnames)
 
 
-def _upstream(name: str, raw: object, *, allow_hostnames: bool) -> Upstream:
+def _policy_text(value: object) -> str:
+    """A YAML scalar as the text an annotation would carry (`true`, `2`, `0.2`, `30s`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    shown = "null" if value is None else f"a {type(value).__name__}"
+    raise ModelError(f"must be a word or a number (like true, 2, 0.2, 30s), got {shown}")
+
+
+def _traffic(raw: object, default: TrafficPolicy) -> TrafficPolicy:
+    """The `traffic:` mapping of an upstream over `default`; errors carry the key."""
+    if not isinstance(raw, dict):
+        raise _At(("traffic",), "must be a mapping like {zone-aware: true, slow-start: 30s}")
+    fields: dict[str, str] = {}
+    written: dict[str, str] = {}  # policy key → the key as written (for the error path)
+    for key, value in raw.items():
+        if not isinstance(key, str) or key.replace("_", "-") not in POLICY_KEYS:
+            allowed = ", ".join(POLICY_KEYS)
+            raise _At(("traffic", key), f"unknown key; allowed: {allowed} (or with '_')")
+        policy_key = key.replace("_", "-")
+        if policy_key in written:
+            raise _At(("traffic", key), f"{written[policy_key]!r} is given twice")
+        written[policy_key] = key
+        try:
+            fields[policy_key] = _policy_text(value)
+        except ModelError as e:
+            raise _At(("traffic", key), str(e)) from e
+    try:
+        return policy_of(fields, default)
+    except PolicyFieldError as e:
+        raise _At(("traffic", written.get(e.key, e.key)), message_of(e)) from e
+
+
+def _upstream(
+    name: str, raw: object, *, allow_hostnames: bool, traffic: TrafficPolicy = DEFAULT_TRAFFIC
+) -> Upstream:
     """Build one upstream; an error carries the path of the offending field (`_At`)."""
     if not isinstance(raw, dict):
         raise _At((), "an upstream is a mapping with 'servers' (and optional 'directives')")
-    unknown = set(raw) - {"servers", "directives"}
+    unknown = set(raw) - set(UPSTREAM_KEYS)
     if unknown:
-        raise _At((sorted(unknown, key=str)[0],), "unknown key; allowed: servers, directives")
+        raise _At(
+            (sorted(unknown, key=str)[0],), f"unknown key; allowed: {', '.join(UPSTREAM_KEYS)}"
+        )
     servers_raw = raw.get("servers")
     if not isinstance(servers_raw, list) or not servers_raw:
         raise _At(("servers",), "must be a non-empty list")
@@ -203,8 +254,10 @@ def _upstream(name: str, raw: object, *, allow_hostnames: bool) -> Upstream:
             directives.append(Directive.parse(item))
         except ModelError as e:
             raise _At(("directives", i), str(e)) from e
+    if "traffic" in raw:
+        traffic = _traffic(raw["traffic"], traffic)
     try:
-        return Upstream(name, tuple(servers), tuple(directives))
+        return Upstream(name, tuple(servers), tuple(directives), traffic)
     except ModelError as e:
         raise _At((), str(e)) from e
 
@@ -216,8 +269,15 @@ class _At(Exception):
         self.message = message
 
 
-def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> dict[str, Upstream]:
-    """Parse and validate a whole file; SourceDataError names file, line and field."""
+def parse_document(
+    text: str,
+    *,
+    origin: str,
+    allow_hostnames: bool = False,
+    traffic: TrafficPolicy = DEFAULT_TRAFFIC,
+) -> dict[str, Upstream]:
+    """Parse and validate a whole file; SourceDataError names file, line and field.
+    `traffic` is the policy of an upstream without a `traffic:` entry of its own."""
     try:
         data = yaml.load(text, Loader=_LOADER)
     except _OutOfRange as e:
@@ -263,7 +323,7 @@ def parse_document(text: str, *, origin: str, allow_hostnames: bool = False) -> 
                 path, f"collides with another upstream named {name!r} (names are case-insensitive)"
             )
         try:
-            out[name] = _upstream(name, raw, allow_hostnames=allow_hostnames)
+            out[name] = _upstream(name, raw, allow_hostnames=allow_hostnames, traffic=traffic)
         except _At as e:
             raise fail(path + e.path, e.message) from e
     return out
@@ -280,11 +340,13 @@ class FileSource(Source):
         log: Any,
         poll_interval: float = 1.0,
         allow_hostnames: bool = False,
+        traffic: TrafficPolicy = DEFAULT_TRAFFIC,
     ) -> None:
         super().__init__(name=name, store=store, metrics=metrics, log=log)
         self.path = path
         self.poll_interval = poll_interval
         self.allow_hostnames = allow_hostnames
+        self.traffic = traffic  # the policy of an upstream without `traffic:`
         self._last_stat: tuple[int, int, int] | None = None
         self._last_digest: str | None = None
         self._bad_digest: str | None = None
@@ -292,7 +354,9 @@ class FileSource(Source):
     def read_once(self) -> Mapping[str, Upstream]:
         """Read and validate the file (used by `plan` and `check-config`); raises on error."""
         text = self.path.read_text(encoding="utf-8")
-        return parse_document(text, origin=str(self.path), allow_hostnames=self.allow_hostnames)
+        return parse_document(
+            text, origin=str(self.path), allow_hostnames=self.allow_hostnames, traffic=self.traffic
+        )
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -324,7 +388,10 @@ class FileSource(Source):
             return
         try:
             upstreams = parse_document(
-                raw.decode("utf-8"), origin=str(self.path), allow_hostnames=self.allow_hostnames
+                raw.decode("utf-8"),
+                origin=str(self.path),
+                allow_hostnames=self.allow_hostnames,
+                traffic=self.traffic,
             )
         except (SourceDataError, UnicodeDecodeError) as e:
             self._bad_digest = digest  # counted and logged once per bad content

@@ -6,6 +6,12 @@ mapping in the config). Its servers come from every EndpointSlice labelled
 `kubernetes.io/service-name: <service>`. Conditions follow kube-proxy: ready
 endpoints serve; when a service has no ready endpoint at all, its serving
 terminating endpoints are used instead (unless that fallback is switched off).
+
+Traffic policy (docs/traffic.md): the annotations `dyups-syncer.io/<key>` for the
+keys of `syncer.traffic.POLICY_KEYS` over the configured default. Endpoints carry
+their `zone`, `nodeName` and `hints.forZones`; with `drain-as-backup`, serving
+terminating endpoints of a service that has ready ones are kept as draining
+servers (the policy keeps them as backup for `drain-seconds`).
 """
 
 from __future__ import annotations
@@ -17,14 +23,17 @@ from datetime import datetime
 from typing import Any
 
 from syncer.model import (
+    DEFAULT_TRAFFIC,
     Directive,
     ModelError,
     Server,
+    TrafficPolicy,
     Upstream,
     label_value,
     normalize_name,
 )
 from syncer.sources.services import Rejection
+from syncer.sources.traffic_fields import POLICY_KEYS, PolicyFieldError, message_of, policy_of
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -42,6 +51,8 @@ class Options:
     allow_fqdn: bool = False
     # "namespace/service" → (port, upstream name or "" for the default)
     static: Mapping[str, tuple[str, str]] | None = None
+    # The policy of a Service without traffic annotations (`traffic:` in the config).
+    traffic: TrafficPolicy = DEFAULT_TRAFFIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,7 @@ class ServiceSpec:
     max_fails: int
     fail_timeout: int
     directives: tuple[Directive, ...]
+    traffic: TrafficPolicy = DEFAULT_TRAFFIC
 
 
 class _Malformed(Exception):
@@ -122,6 +134,15 @@ def _label(value: object) -> str:
     """`zone` and `nodeName`: metadata only, so a strange value is dropped rather
     than rejecting the endpoint it describes."""
     return label_value(value) if isinstance(value, str) else ""
+
+
+def _for_zones(hints: object) -> tuple[str, ...]:
+    """`hints.forZones[].name`, metadata like `zone`: what is not a zone name is dropped."""
+    entries = hints.get("forZones") if isinstance(hints, Mapping) else None
+    if not isinstance(entries, list):
+        return ()
+    names = (_label(e.get("name")) if isinstance(e, Mapping) else "" for e in entries)
+    return tuple(dict.fromkeys(name for name in names if name))
 
 
 def key_of(obj: Obj) -> str:
@@ -199,6 +220,11 @@ def _parse_service(
                 directives.append(Directive.parse(text))
             except ModelError as e:
                 return reject("directive", f"{p}/directives", str(e))
+    fields = {key: annotation(key, "") for key in POLICY_KEYS if f"{p}/{key}" in annotations}
+    try:
+        traffic = policy_of(fields, options.traffic)
+    except PolicyFieldError as e:
+        return reject("traffic", f"{p}/{e.key}", message_of(e))
     return ServiceSpec(
         key=key,
         upstream=upstream,
@@ -207,6 +233,7 @@ def _parse_service(
         max_fails=values["max-fails"],
         fail_timeout=values["fail-timeout"],
         directives=tuple(directives),
+        traffic=traffic,
     )
 
 
@@ -253,6 +280,7 @@ class _Endpoint:
     terminating: bool
     zone: str
     node: str
+    for_zones: tuple[str, ...]
     fqdn: bool
 
 
@@ -300,6 +328,7 @@ def _slice_endpoints(slice_: Obj, port_name: str, allow_fqdn: bool) -> Iterable[
                 terminating=terminating is True,
                 zone=_label(ep.get("zone")),
                 node=_label(ep.get("nodeName")),
+                for_zones=_for_zones(ep.get("hints")),
                 fqdn=fqdn,
             )
         )
@@ -308,13 +337,20 @@ def _slice_endpoints(slice_: Obj, port_name: str, allow_fqdn: bool) -> Iterable[
 
 def servers_for(spec: ServiceSpec, slices: Iterable[Obj], options: Options) -> tuple[Server, ...]:
     """The servers of one service: ready endpoints; if none, serving terminating ones.
+    With `drain_as_backup`, a service that has ready endpoints also keeps its serving
+    terminating ones, as draining servers.
     Raises _Malformed or _BadEndpoint (`build_upstream` turns them into Rejections)."""
     endpoints = [e for s in slices for e in _slice_endpoints(s, spec.port_name, options.allow_fqdn)]
     chosen = [e for e in endpoints if e.ready and not e.terminating]
-    if not chosen and options.terminating_fallback:
+    draining: list[_Endpoint] = []
+    if chosen and spec.traffic.drain_as_backup:
+        draining = [e for e in endpoints if e.serving and e.terminating]
+    elif not chosen and options.terminating_fallback:
         chosen = [e for e in endpoints if e.serving and e.terminating]
     servers: dict[str, Server] = {}
-    for e in chosen:
+    # Ready ones first: an address listed twice (dual slices) is draining only if it
+    # is nowhere ready.
+    for e, is_draining in [*((e, False) for e in chosen), *((e, True) for e in draining)]:
         try:
             server = Server(
                 host=e.address,
@@ -325,6 +361,8 @@ def servers_for(spec: ServiceSpec, slices: Iterable[Obj], options: Options) -> t
                 allow_hostname=e.fqdn,
                 zone=e.zone,
                 node=e.node,
+                for_zones=e.for_zones,
+                draining=is_draining,
             )
         except ModelError as err:
             raise _BadEndpoint(f"endpoint {_show(e.address)}: {err}") from err
@@ -373,7 +411,7 @@ def build_upstream(
         servers = servers_for(spec, slices, options)
         if not servers:
             return None
-        return Upstream(spec.upstream, servers, spec.directives)
+        return Upstream(spec.upstream, servers, spec.directives, spec.traffic)
     except _Malformed as e:
         return Rejection(spec.key, MALFORMED, e.field, e.message)
     except _BadEndpoint as e:

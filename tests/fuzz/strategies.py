@@ -379,6 +379,50 @@ def number_annotations(wrong_types: bool, unit: str = "") -> st.SearchStrategy[A
     return value_of(valid, hostile, wrong_types)
 
 
+# Traffic-policy values (docs/traffic.md), as annotations and meta carry them.
+_flag_words = st.sampled_from(["true", "false", "yes", "no", "on", "off", "1", "0", " TRUE "])
+_durations = st.builds(
+    lambda n, frac, unit: f"{n}{frac}{unit}",
+    st.integers(0, 200),
+    st.sampled_from(["", "", ".5", ".25"]),
+    st.sampled_from(["", "s", "ms", "m"]),
+)
+_fallbacks = st.lists(
+    st.builds(
+        lambda host, port: f"{host}:{port}",
+        st.one_of(ipv4, ipv6.map(lambda h: f"[{h}]")),
+        st.integers(1, 65535),
+    ),
+    min_size=1,
+    max_size=3,
+).map(",".join)
+_POLICY_VALUES: dict[str, st.SearchStrategy[str]] = {
+    "zone-aware": _flag_words,
+    "min-local": small_counts,
+    "min-local-fraction": st.sampled_from(["0", "0.2", ".5", "1", "1.0", "0.999"]),
+    "local-weight-multiplier": small_counts,
+    "slow-start": _durations,
+    "slow-start-steps": small_counts,
+    "empty": st.sampled_from(["keep", "fallback", "down", "KEEP"]),
+    "fallback": _fallbacks,
+    "drain-as-backup": _flag_words,
+    "drain-seconds": _durations,
+}
+POLICY_KEYS = list(_POLICY_VALUES)
+
+
+def policy_annotations(key: str, wrong_types: bool) -> st.SearchStrategy[Any]:
+    """The value of one traffic-policy key: valid, near misses, hostile text."""
+    hostile = st.one_of(
+        numberish,
+        hostile_text,
+        st.builds(lambda v, junk: v + junk, _POLICY_VALUES[key], hostile_text),
+        st.builds(lambda h, p: f"{h}:{p}", hostile_hosts, numberish),
+        st.sampled_from(["1e3", "-1", "nan", "inf", "1h", "1.", ".", "10.0.0.1:80;", ""]),
+    )
+    return value_of(_POLICY_VALUES[key], hostile, wrong_types)
+
+
 @st.composite
 def k8s_services(draw: st.DrawFn, wrong_types: bool = False) -> dict[str, Any]:
     """A v1 Service in the API reference shape, opting in (mostly) with annotations."""
@@ -410,6 +454,11 @@ def k8s_services(draw: st.DrawFn, wrong_types: bool = False) -> dict[str, Any]:
         "directives": directive_annotations(wrong_types),
     }
     chosen = draw(st.lists(st.sampled_from(sorted(candidates)), unique=True))
+    # A few traffic-policy keys at most: each is hostile now and then, and one bad
+    # value rejects the service (the endpoints would then go unexercised).
+    for key in draw(st.lists(st.sampled_from(POLICY_KEYS), unique=True, max_size=3)):
+        candidates[key] = policy_annotations(key, wrong_types)
+        chosen.append(key)
     if draw(mostly(st.just(True), st.just(False))):
         chosen = ["upstream", *(c for c in chosen if c != "upstream")]  # opts in
     if len(port_list) > 1 and draw(mostly(st.just(True), st.just(False))):
@@ -459,6 +508,12 @@ def k8s_endpoint(draw: st.DrawFn, address_type: str, wrong_types: bool) -> dict[
         endpoint["zone"] = draw(value_of(k8s_names, hostile_text, wrong_types))
     if draw(st.booleans()):
         endpoint["nodeName"] = draw(value_of(k8s_names, hostile_text, wrong_types))
+    if draw(st.booleans()):
+        names_ = st.lists(value_of(k8s_names, hostile_text, wrong_types), max_size=3)
+        for_zones = names_.map(lambda ns: [{"name": n} for n in ns])
+        endpoint["hints"] = draw(
+            value_of(st.fixed_dictionaries({"forZones": for_zones}), wrong_values, wrong_types)
+        )
     return endpoint
 
 
@@ -548,7 +603,7 @@ def consul_entry(draw: st.DrawFn, shared_meta: dict[str, Any], wrong_types: bool
             "Address": draw(mostly(st.one_of(ipv4, ipv6), hostile_hosts)),
             "Datacenter": "dc1",
             "TaggedAddresses": {},
-            "Meta": {"zone": draw(mostly(k8s_names, hostile_text))},
+            "Meta": {"zone": draw(value_of(k8s_names, hostile_text, wrong_types))},
         },
         "Service": {
             "ID": service_id,
@@ -582,10 +637,11 @@ def consul_cases(draw: st.DrawFn, wrong_types: bool = False) -> tuple[str, list[
         "upstream": value_of(upstream_names, st.one_of(hostile_text, st.just("")), wrong_types),
         "directives": directive_annotations(wrong_types),
     }
-    shared = {
-        f"{META_PREFIX}{name}": draw(candidates[name])
-        for name in draw(st.lists(st.sampled_from(sorted(candidates)), unique=True))
-    }
+    chosen = draw(st.lists(st.sampled_from(sorted(candidates)), unique=True))
+    for key in draw(st.lists(st.sampled_from(POLICY_KEYS), unique=True, max_size=3)):
+        candidates[key] = policy_annotations(key, wrong_types)
+        chosen.append(key)
+    shared = {f"{META_PREFIX}{name}": draw(candidates[name]) for name in chosen}
     entries = []
     for _ in range(draw(st.integers(0, 4))):
         own = draw(mostly(st.just(shared), st.just({})))  # now and then an instance disagrees

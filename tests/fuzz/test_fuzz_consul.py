@@ -6,7 +6,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncer.sources.consul_translate import Entry, Options, build_upstream
+from syncer.model import DEFAULT_TRAFFIC, TrafficPolicy
+from syncer.sources.consul_translate import (
+    Entry,
+    Options,
+    build_upstream,
+    needs_every_instance,
+)
 from syncer.sources.services import Rejection
 from tests.fuzz.checks import check_upstream
 from tests.fuzz.conftest import fuzz
@@ -16,6 +22,9 @@ options = st.builds(
     Options,
     statuses=st.sampled_from([("passing",), ("passing", "warning")]),
     use_consul_weights=st.booleans(),
+    traffic=st.sampled_from(
+        [DEFAULT_TRAFFIC, TrafficPolicy(zone_aware=True, drain_as_backup=True)]
+    ),
 )
 
 
@@ -27,6 +36,11 @@ def _check(service: str, entries: list[Entry], opts: Options) -> None:
         assert result.service == service
         return
     check_upstream(result)
+    # Draining servers only under drain-as-backup, and never alone; needs_every_instance
+    # answers (never raises) for whatever the query returned.
+    assert not result.has_draining or result.traffic.drain_as_backup
+    assert any(not s.draining for s in result.servers)
+    assert needs_every_instance(service, entries, opts) in (True, False)
 
 
 @fuzz

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from syncer.model import ModelError, canonical_host
+from syncer.model import DEFAULT_TRAFFIC, ModelError, TrafficPolicy, canonical_host
 from syncer.sources.kube_translate import (
     Options,
     ServiceSpec,
@@ -25,6 +25,9 @@ from tests.fuzz.strategies import k8s_cases
 options = st.builds(
     Options,
     terminating_fallback=st.booleans(),
+    traffic=st.sampled_from(
+        [DEFAULT_TRAFFIC, TrafficPolicy(zone_aware=True, drain_as_backup=True)]
+    ),
     allow_fqdn=st.booleans(),
     static=st.one_of(st.none(), st.just({"shop/web": ("http", "")})),
 )
@@ -53,6 +56,10 @@ def _check(service: dict[str, Any], slices: list[dict[str, Any]], opts: Options)
         return
     assert result.name == spec.upstream
     check_upstream(result)
+    assert result.traffic == spec.traffic
+    # Draining servers only under drain-as-backup, and never alone.
+    assert not result.has_draining or result.traffic.drain_as_backup
+    assert any(not s.draining for s in result.servers)
     # Every server is an endpoint of one of the slices: nothing is invented.
     assert {s.host for s in result.servers} <= _hosts(slices)
 

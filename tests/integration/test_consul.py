@@ -451,7 +451,7 @@ def test_a_zone_aware_service_gives_each_proxy_its_zone_as_primaries(make_env, a
 
 
 def test_a_critical_instance_drains_as_backup_then_goes(make_env, agent):
-    drains = {"dyups-drain-as-backup": "true", "dyups-drain-seconds": "1500ms"}
+    drains = {"dyups-drain-as-backup": "true", "dyups-drain-seconds": "3s"}
     agent.register("n1", "10.0.0.1", "web", "web-1", tags=["dyups"], meta=drains)
     agent.register("n2", "10.0.0.2", "web", "web-2", tags=["dyups"], meta=drains)
     agent.register("n3", "10.0.0.3", "api", "api-1", tags=["dyups"])

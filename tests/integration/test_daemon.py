@@ -175,8 +175,10 @@ def test_truncated_body_is_caught_by_verify_and_reposted(make_env):
     env.write({"web": ["10.0.0.1:80"]})
     app = env.start()
     assert env.wait_converged()
+    # Only a request over verify_min_bytes (1 KiB) can arrive in the three reads it
+    # takes to be cut: 60 servers are about 1.3 KiB.
     env.sims[0].truncate_next_body(keep_servers=2)
-    env.write({"web": [f"10.0.0.{i}:80" for i in range(1, 6)]})
+    env.write({"web": [f"10.0.0.{i}:80" for i in range(1, 61)]})
     assert env.wait_converged()
     assert env.sims[0].stats.truncated == 1
     assert metric(app, "dyups_syncer_verify_failures_total", proxy="p0") == 1

@@ -654,7 +654,7 @@ def test_a_zone_aware_service_gives_each_proxy_its_zone_as_primaries(make_env, k
 
 
 def test_a_terminating_endpoint_drains_as_backup_then_goes(make_env, kube):
-    drains = {f"{P}/drain-as-backup": "true", f"{P}/drain-seconds": "1500ms"}
+    drains = {f"{P}/drain-as-backup": "true", f"{P}/drain-seconds": "3s"}
     kube.apply(opted_in("web", **drains))
     kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1", "10.0.0.2")))
     env = make_env(1)

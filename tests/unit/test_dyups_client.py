@@ -376,3 +376,30 @@ def test_an_upstream_gone_at_read_back_is_not_reported_as_truncation():
     assert result.outcome is Outcome.UNEXPECTED
     assert result.outcome.retryable
     assert "missing" in result.detail and "client_body_in_file_only" not in result.detail
+
+
+def test_only_requests_large_enough_to_be_cut_are_read_back():
+    """A request within nginx's 1 KiB header buffer arrives in at most two reads, and the
+    module only cuts bodies read in three or more: no read-back for it by default."""
+    from syncer.model import Server, Upstream
+    from syncer.proxy.dyups import ClientSettings, DyupsClient, Outcome
+    from syncer.testing.dyups import DyupsSimulator
+
+    small = Upstream("web", (Server("10.0.0.1", 80),))
+    large = Upstream("web", tuple(Server("10.0.0.1", port) for port in range(8000, 8060)))
+    with DyupsSimulator() as sim:
+        for threshold, upstream, read_back in [
+            (1024, small, False),
+            (1024, large, True),
+            (0, small, True),
+        ]:
+            client = DyupsClient(
+                ClientSettings(url=sim.url, flavour=None, verify_min_bytes=threshold)
+            )
+            try:
+                client.detect()
+                gets = sim.stats.gets
+                assert client.upsert(upstream).outcome is Outcome.APPLIED
+                assert sim.stats.gets - gets == (1 if read_back else 0), (threshold, read_back)
+            finally:
+                client.close()

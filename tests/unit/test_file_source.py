@@ -207,3 +207,160 @@ def test_thread_publishes_changes(tmp_path):
         src.stop()
     assert not src.alive
     _ = threading
+
+
+# ---------------------------------------------------------------- traffic policies
+# docs/traffic.md: `traffic:` under an upstream (over the configured default) and a
+# server's `zone`.
+
+TRAFFIC = """\
+upstreams:
+  web:
+    servers:
+      - {address: 10.0.1.1:80, zone: eu-1a}
+      - {address: 10.0.2.1:80, zone: eu-1b}
+    traffic:
+      zone-aware: true
+      min_local: 1
+      min-local-fraction: 0.5
+      slow-start: 30s
+      slow_start_steps: 4
+      drain-as-backup: yes
+      drain-seconds: 45
+      empty: fallback
+      fallback: 127.0.0.1:8999
+  api:
+    servers: [10.0.0.8:80]
+"""
+
+
+def test_a_traffic_block_sets_the_policy_and_servers_their_zone():
+    from syncer.model import EmptyPolicy, TrafficPolicy
+
+    default = TrafficPolicy(local_weight_multiplier=3)
+    ups = parse_document(TRAFFIC, origin="f.yaml", traffic=default)
+    assert ups["web"].traffic == TrafficPolicy(
+        zone_aware=True,
+        min_local=1,
+        min_local_fraction=0.5,
+        local_weight_multiplier=3,
+        slow_start=30.0,
+        slow_start_steps=4,
+        drain_as_backup=True,
+        drain_seconds=45.0,
+        empty=EmptyPolicy.FALLBACK,
+        fallback=(Server("127.0.0.1", 8999),),
+    )
+    assert {s.address: s.zone for s in ups["web"].servers} == {
+        "10.0.1.1:80": "eu-1a",
+        "10.0.2.1:80": "eu-1b",
+    }
+    assert ups["web"].render() == "server 10.0.1.1:80; server 10.0.2.1:80;"
+    assert ups["api"].traffic == default  # no block: the configured default
+    assert parse_document(TRAFFIC, origin="f.yaml")["api"].traffic == TrafficPolicy()
+
+
+@pytest.mark.parametrize(
+    "block, where",
+    [
+        (
+            "{zone-aware: maybe}",
+            "f.yaml:5: upstreams.web.traffic.zone-aware: must be true or false",
+        ),
+        ("{min_local: 0}", "f.yaml:5: upstreams.web.traffic.min_local: min_local must be >= 1"),
+        (
+            "{zone-aware: true, min-local: 0}",
+            "f.yaml:5: upstreams.web.traffic.min-local: min_local must be >= 1",
+        ),
+        ("{slow-start: 1 hour}", "f.yaml:5: upstreams.web.traffic.slow-start: must be a duration"),
+        ("{min-local-fraction: .inf}", "upstreams.web.traffic.min-local-fraction: must be a"),
+        ("{empty: fallback}", "upstreams.web.traffic.empty: fallback servers are required"),
+        (
+            "{fallback: [10.0.0.1:80]}",
+            "upstreams.web.traffic.fallback: must be a word or a number (like true, 2, 0.2, 30s),"
+            " got a list",
+        ),
+        ("{zone-aware: {a: 1}}", "upstreams.web.traffic.zone-aware: must be a word or a number"),
+        ("{zone-aware: null}", "upstreams.web.traffic.zone-aware: must be a word or a number"),
+        ("{zone-aware: 2001-12-14}", "traffic.zone-aware: must be a word or a number (like"),
+        ("{zone: a}", "f.yaml:5: upstreams.web.traffic.zone: unknown key; allowed: zone-aware,"),
+        ("{1: true}", "upstreams.web.traffic.1: unknown key"),
+        (
+            "{zone-aware: true, zone_aware: false}",
+            "traffic.zone_aware: 'zone-aware' is given twice",
+        ),
+        ("[zone-aware]", "f.yaml:5: upstreams.web.traffic: must be a mapping"),
+    ],
+)
+def test_a_bad_traffic_block_names_file_line_and_key(block, where):
+    text = f"upstreams:\n  web:\n    servers: [10.0.0.7:80]\n    directives: []\n    traffic: {block}\n"
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert where in str(e.value), str(e.value)
+
+
+def test_a_traffic_error_is_placed_on_the_line_of_its_key():
+    text = "upstreams:\n  web:\n    servers: [10.0.0.7:80]\n    traffic:\n      zone-aware: true\n      slow_start: soon\n"
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert str(e.value).startswith("f.yaml:6: upstreams.web.traffic.slow_start: must be a duration")
+
+
+@pytest.mark.parametrize(
+    "value, zone",
+    [("eu-1a", "eu-1a"), ("'1'", "1")],
+)
+def test_a_server_zone(value, zone):
+    text = f"upstreams:\n  web:\n    servers: [{{address: 10.0.0.7:80, zone: {value}}}]\n"
+    (server,) = parse_document(text, origin="f.yaml")["web"].servers
+    assert server.zone == zone
+
+
+@pytest.mark.parametrize("value", ["a zone", "1", "[a]", "'z;'", "null"])
+def test_a_bad_server_zone_names_the_server(value):
+    text = f"upstreams:\n  web:\n    servers:\n      - {{address: 10.0.0.7:80, zone: {value}}}\n"
+    with pytest.raises(SourceDataError) as e:
+        parse_document(text, origin="f.yaml")
+    assert str(e.value).startswith("f.yaml:4: upstreams.web.servers.0: zone "), str(e.value)
+
+
+def test_the_file_source_applies_its_default_policy(tmp_path):
+    from syncer.model import TrafficPolicy
+
+    path = tmp_path / "u.yaml"
+    path.write_text(TRAFFIC)
+    default = TrafficPolicy(zone_aware=True, min_local=5)
+    store = Store(["file"])
+    src = FileSource(
+        name="file", path=path, store=store, metrics=Metrics(), log=log.get("t"), traffic=default
+    )
+    assert src.read_once()["api"].traffic == default
+    src.poll()
+    assert store.current().upstreams["api"].traffic == default
+    assert store.current().upstreams["web"].traffic.min_local == 1
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "file", "path": "u.yaml"},
+        {"type": "kubernetes", "client": {"api_url": "http://127.0.0.1:1"}},
+        {"type": "consul", "address": "127.0.0.1:1"},
+    ],
+)
+def test_every_source_gets_the_configured_default_policy(tmp_path, source):
+    from syncer.app import App
+    from syncer.config import Config
+
+    config = Config.model_validate(
+        {
+            "sources": [source],
+            "proxies": {"static": [{"url": "http://127.0.0.1:1"}]},
+            "snapshot_path": str(tmp_path / "s.json"),
+            "traffic": {"zone_aware": True, "drain_as_backup": True, "slow_start": "10s"},
+        }
+    )
+    (built,) = App(config).sources
+    default = getattr(built, "traffic", None) or built.options.traffic
+    assert default == config.traffic.policy()
+    assert (default.zone_aware, default.drain_as_backup, default.slow_start) == (True, True, 10.0)

@@ -330,3 +330,175 @@ def test_trigger_time_and_service_label_of_malformed_slices():
     bad["metadata"]["labels"]["kubernetes.io/service-name"] = ["web"]
     assert service_of(bad) is None
     assert trigger_time({"metadata": "x"}) is None and service_of({"metadata": "x"}) is None
+
+
+# ---------------------------------------------------------------- traffic policies
+# docs/traffic.md: `dyups-syncer.io/<key>` annotations over the configured default,
+# endpoint zones and hints, terminating endpoints as draining servers.
+
+
+def test_traffic_annotations_set_the_policy_over_the_default():
+    from syncer.model import EmptyPolicy, Server, TrafficPolicy
+
+    default = TrafficPolicy(min_local=3, drain_seconds=10)
+    s = svc(
+        annotations={
+            f"{P}/upstream": "web",
+            f"{P}/zone-aware": "true",
+            f"{P}/min-local": "1",
+            f"{P}/min-local-fraction": "0.5",
+            f"{P}/local-weight-multiplier": "4",
+            f"{P}/slow-start": "30s",
+            f"{P}/slow-start-steps": "5",
+            f"{P}/empty": "fallback",
+            f"{P}/fallback": "127.0.0.1:8999",
+            f"{P}/drain-as-backup": "yes",
+            f"{P}/drain-seconds": "2m",
+        }
+    )
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1")])], Options(traffic=default))
+    assert u.traffic == TrafficPolicy(
+        zone_aware=True,
+        min_local=1,
+        min_local_fraction=0.5,
+        local_weight_multiplier=4,
+        slow_start=30.0,
+        slow_start_steps=5,
+        empty=EmptyPolicy.FALLBACK,
+        fallback=(Server("127.0.0.1", 8999),),
+        drain_as_backup=True,
+        drain_seconds=120.0,
+    )
+    assert u.render() == "server 10.0.0.1:8080;"  # never rendered
+
+
+def test_without_traffic_annotations_a_service_gets_the_default_policy():
+    from syncer.model import DEFAULT_TRAFFIC, TrafficPolicy
+
+    s = svc(annotations={f"{P}/upstream": "web"})
+    assert upstream_of(s, [slc("a", [ep("10.0.0.1")])]).traffic is DEFAULT_TRAFFIC
+    default = TrafficPolicy(zone_aware=True)
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1")])], Options(traffic=default))
+    assert u.traffic == default
+    # One annotation changes one key; the rest stays the default's.
+    s = svc(annotations={f"{P}/upstream": "web", f"{P}/slow-start": "10s"})
+    u = upstream_of(s, [slc("a", [ep("10.0.0.1")])], Options(traffic=default))
+    assert (u.traffic.zone_aware, u.traffic.slow_start) == (True, 10.0)
+
+
+@pytest.mark.parametrize(
+    "annotations, key",
+    [
+        ({"zone-aware": "maybe"}, "zone-aware"),
+        ({"min-local": "two"}, "min-local"),
+        # out of range, after a valid key: the key at fault is named, not the first one
+        ({"zone-aware": "true", "min-local": "0"}, "min-local"),
+        ({"min-local-fraction": "1.5"}, "min-local-fraction"),
+        ({"slow-start": "30 seconds"}, "slow-start"),
+        ({"slow-start-steps": "1"}, "slow-start-steps"),
+        ({"empty": "explode"}, "empty"),
+        ({"empty": "fallback"}, "empty"),  # without fallback servers
+        ({"fallback": "backend.local:80"}, "fallback"),  # no DNS from an annotation
+        ({"fallback": "10.0.0.1:80; evil"}, "fallback"),
+        ({"drain-as-backup": "١"}, "drain-as-backup"),
+        ({"drain-seconds": "9" * 4400}, "drain-seconds"),
+    ],
+)
+def test_a_bad_traffic_annotation_rejects_the_service_naming_it(annotations, key):
+    s = svc(annotations={f"{P}/upstream": "web", **{f"{P}/{k}": v for k, v in annotations.items()}})
+    spec = parse_service(s, OPT)
+    assert isinstance(spec, Rejection), spec
+    assert (spec.reason, spec.field, spec.service) == ("traffic", f"{P}/{key}", "shop/web")
+    assert spec.message and not spec.message.startswith(f"{key}:")
+
+
+def test_a_traffic_annotation_that_is_not_a_string_is_malformed():
+    s = svc(annotations={f"{P}/upstream": "web", f"{P}/zone-aware": True})
+    spec = parse_service(s, OPT)
+    assert isinstance(spec, Rejection)
+    assert (spec.reason, spec.field) == ("malformed", f"{P}/zone-aware")
+
+
+def test_hints_for_zones_become_for_zones_strange_names_dropped():
+    s = svc(annotations={f"{P}/upstream": "web"})
+    hinted = ep("10.0.0.1")
+    hinted["hints"] = {"forZones": [{"name": "z1"}, {"name": "bad zone"}, {"name": "z2"}]}
+    duplicate = ep("10.0.0.2")
+    duplicate["hints"] = {"forZones": [{"name": "z2"}, {"name": "z2"}, {"name": 5}, "z3", {}]}
+    odd = ep("10.0.0.3")
+    odd["hints"] = {"forZones": "z1"}  # not a list: no hints, not a rejection
+    odder = ep("10.0.0.4")
+    odder["hints"] = ["z1"]
+    u = upstream_of(s, [slc("a", [hinted, duplicate, odd, odder, ep("10.0.0.5")])])
+    assert {s.address: s.for_zones for s in u.servers} == {
+        "10.0.0.1:8080": ("z1", "z2"),
+        "10.0.0.2:8080": ("z2",),
+        "10.0.0.3:8080": (),
+        "10.0.0.4:8080": (),
+        "10.0.0.5:8080": (),
+    }
+
+
+def _rollout():
+    return [
+        slc(
+            "a",
+            [
+                ep("10.0.0.1"),
+                ep("10.0.0.2", ready=False, serving=True, terminating=True),
+                ep("10.0.0.3", ready=False, serving=False, terminating=True),
+            ],
+        )
+    ]
+
+
+def test_terminating_endpoints_drain_only_with_drain_as_backup():
+    plain = svc(annotations={f"{P}/upstream": "web"})
+    u = upstream_of(plain, _rollout())
+    assert addresses(u) == ["10.0.0.1:8080"] and not u.has_draining  # as before
+    drains = svc(annotations={f"{P}/upstream": "web", f"{P}/drain-as-backup": "true"})
+    u = upstream_of(drains, _rollout())
+    # serving and terminating: draining; not serving any more: gone
+    assert {s.address: s.draining for s in u.servers} == {
+        "10.0.0.1:8080": False,
+        "10.0.0.2:8080": True,
+    }
+    assert u.render() == "server 10.0.0.1:8080; server 10.0.0.2:8080;"  # the policy decides
+
+
+def test_the_default_policy_can_drain_too():
+    from syncer.model import TrafficPolicy
+
+    opts = Options(traffic=TrafficPolicy(drain_as_backup=True))
+    u = upstream_of(svc(annotations={f"{P}/upstream": "web"}), _rollout(), opts)
+    assert [s.address for s in u.servers if s.draining] == ["10.0.0.2:8080"]
+    # ...and a service may switch it off
+    off = svc(annotations={f"{P}/upstream": "web", f"{P}/drain-as-backup": "false"})
+    assert not upstream_of(off, _rollout(), opts).has_draining
+
+
+def test_without_ready_endpoints_the_terminating_fallback_still_serves_them():
+    drains = svc(annotations={f"{P}/upstream": "web", f"{P}/drain-as-backup": "true"})
+    rollout = [slc("a", [ep("10.0.0.2", ready=False, serving=True, terminating=True)])]
+    u = upstream_of(drains, rollout)
+    assert addresses(u) == ["10.0.0.2:8080"] and not u.has_draining
+    assert upstream_of(drains, rollout, Options(terminating_fallback=False)) is None
+
+
+def test_an_address_ready_in_one_slice_and_terminating_in_another_is_not_draining():
+    drains = svc(annotations={f"{P}/upstream": "web", f"{P}/drain-as-backup": "true"})
+    slices = [
+        slc("a", [ep("10.0.0.1", ready=False, serving=True, terminating=True), ep("10.0.0.2")]),
+        slc("b", [ep("10.0.0.1")]),
+    ]
+    u = upstream_of(drains, slices)
+    assert addresses(u) == ["10.0.0.1:8080", "10.0.0.2:8080"] and not u.has_draining
+
+
+def test_draining_servers_keep_zone_node_and_hints():
+    drains = svc(annotations={f"{P}/upstream": "web", f"{P}/drain-as-backup": "true"})
+    leaving = ep("10.0.0.2", ready=False, serving=True, terminating=True, zone="z2", node="n2")
+    leaving["hints"] = {"forZones": [{"name": "z2"}]}
+    u = upstream_of(drains, [slc("a", [ep("10.0.0.1"), leaving])])
+    (server,) = [s for s in u.servers if s.draining]
+    assert (server.zone, server.node, server.for_zones) == ("z2", "n2", ("z2",))
