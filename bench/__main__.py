@@ -1,8 +1,8 @@
 """`python -m bench <scenario> [options]`: run a benchmark scenario and print its figures.
 
 `all` runs the issues' set (change with and without the kick, cold, steady,
-kube-rollout, consul-flips) and appends the figures to BENCHMARKS.md. Nothing is
-asserted: targets are for reading.
+kube-rollout, consul-flips, churn, reload, scale) and appends the figures to
+BENCHMARKS.md. Nothing is asserted: targets are for reading.
 
 `baselines` runs the same changes against dyups-syncer and the two strategies it
 replaces (`bench/baselines/`: full push, poll and diff, every `--interval` seconds) and
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import discovery, scenarios
+from bench import discovery, scale, scenarios
 from bench.baselines import scenario as baselines
 from bench.harness import (
     POLL_INTERVAL,
@@ -44,6 +44,9 @@ SCENARIOS: dict[str, Callable[[Options], Result]] = {
     "kube-rollout": discovery.kube_rollout,
     "consul-flips": discovery.consul_flips,
     "baselines": baselines.baselines,
+    "churn": scenarios.churn,
+    "reload": scenarios.reload,
+    "scale": scale.scale,
 }
 DISCOVERY = {"kube-rollout", "consul-flips"}
 # The issues' parameters. kube-rollout: services × endpoints, rollout duration;
@@ -55,6 +58,11 @@ DEFAULTS = {
     "kube-rollout": Options(10, 200, 20, 0, 60.0, kick=True, debounce=None),
     "consul-flips": Options(10, 500, 10, 0, 60.0, kick=True, debounce=None, rate=50, rest=20),
     "baselines": baselines.BaselineOptions(10, 200, 10, 0, 60.0, kick=True, debounce=None),
+    # churn: 500 endpoint events/s for 60 s; reload: 30 reloads, one proxy at a time;
+    # scale: upstreams 0 means the issue's two shapes (scale.SHAPES), 30 s at rest each.
+    "churn": Options(10, 200, 10, 0, 60.0, kick=True, debounce=None, rate=500),
+    "reload": Options(10, 200, 10, 30, 0.0, kick=True, debounce=None),
+    "scale": Options(2, 0, 0, 0, 0.0, kick=True, debounce=None, rest=30),
 }
 # What `all` runs: (scenario, settings on top of its defaults). The last four are
 # diagnostics: the lag of a change when the previous one's kick has finished; the
@@ -68,6 +76,9 @@ ALL: list[tuple[str, dict[str, Any]]] = [
     ("steady", {}),
     ("kube-rollout", {}),
     ("consul-flips", {}),
+    ("churn", {}),
+    ("reload", {}),
+    ("scale", {}),
     ("change", {"debounce": 0.0, "kick": True, "gap": 0.15, "changes": 300}),
     ("steady", {"poll_interval": 1.0}),
     ("kube-rollout", {"proxies": 2}),
@@ -82,17 +93,24 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "Defaults are the issues' parameters: change 10 proxies × 20 upstreams × 3 servers, "
         "1,000 changes; cold 10 × 2,000 × 20; steady 10 × 200 × 10 for 60 s; kube-rollout "
         "10 × 200 services × 20 endpoints, every pod replaced over 60 s; consul-flips 10 × "
-        "500 services × 10 instances, 50 health flips/s for 60 s, then 20 s at rest. "
-        "`all` runs change (debounce 0, kick on and off), cold, steady, kube-rollout and "
-        "consul-flips, then four diagnostic runs (change with --gap 0.15, steady with "
-        "--poll-interval 1, kube-rollout with --proxies 2, consul-flips with --upstreams "
-        "100), and appends the figures to BENCHMARKS.md; options given to `all` override "
-        "every run (except --no-kick). The simulators run in K child processes, "
-        "round-robin (see --sim-processes); the syncer is its own process, and the fakes "
-        "of the discovery scenarios run in the bench process. `baselines` (not in `all`): "
-        "10 × 200 × 10, a single-upstream change every 2 s on average for 60 s, run against "
-        "dyups-syncer, a full push and a poll-and-diff every --interval (10 s), each with "
-        "fresh simulators; one table with their lag, requests, CPU and ratios.",
+        "500 services × 10 instances, 50 health flips/s for 60 s, then 20 s at rest; "
+        "churn 10 × 200 × 10, --rate (500) endpoint events/s for --duration (60 s) "
+        "through the file source; reload 10 × 200 × 10, --changes (30) proxy reloads one "
+        "at a time, each until every nginx worker of the proxy holds every upstream "
+        "again; scale: the syncer's memory holding 1,000 × 10 and 5,000 × 20 endpoints "
+        "(10,000 and 100,000) with 2 proxies, each after its cold sync and after --rest "
+        "(30 s) (--upstreams with --servers: that one shape). "
+        "`all` runs change (debounce 0, kick on and off), cold, steady, kube-rollout, "
+        "consul-flips, churn, reload and scale, then four diagnostic runs (change with "
+        "--gap 0.15, steady with --poll-interval 1, kube-rollout with --proxies 2, "
+        "consul-flips with --upstreams 100), and appends the figures to BENCHMARKS.md; "
+        "options given to `all` override every run (except --no-kick). The simulators run "
+        "in K child processes, round-robin (see --sim-processes); the syncer is its own "
+        "process, and the fakes of the discovery scenarios run in the bench process. "
+        "`baselines` (not in `all`): 10 × 200 × 10, a single-upstream change every 2 s on "
+        "average for 60 s, run against dyups-syncer, a full push and a poll-and-diff every "
+        "--interval (10 s), each with fresh simulators; one table with their lag, requests, "
+        "CPU and ratios.",
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
     p.add_argument("--proxies", type=int, help="simulated proxies")
@@ -100,13 +118,17 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers", type=int, help="servers per upstream; endpoints or instances per service"
     )
-    p.add_argument("--changes", type=int, help="change: single-upstream changes, one at a time")
+    p.add_argument(
+        "--changes",
+        type=int,
+        help="change: single-upstream changes, one at a time; reload: proxy reloads",
+    )
     p.add_argument(
         "--duration",
         type=float,
         metavar="SECONDS",
         help="steady: idle window; kube-rollout: the rolling restart; consul-flips: the flips; "
-        "baselines: the window of changes",
+        "baselines: the window of changes; churn: the events",
     )
     p.add_argument(
         "--interval",
@@ -114,9 +136,17 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help=f"baselines: the baselines' interval (default {baselines.DEFAULT_INTERVAL:g})",
     )
-    p.add_argument("--rate", type=float, metavar="PER_SECOND", help="consul-flips: health flips")
     p.add_argument(
-        "--rest", type=float, metavar="SECONDS", help="consul-flips: idle window after the flips"
+        "--rate",
+        type=float,
+        metavar="PER_SECOND",
+        help="consul-flips: health flips; churn: endpoint events",
+    )
+    p.add_argument(
+        "--rest",
+        type=float,
+        metavar="SECONDS",
+        help="consul-flips: idle window after the flips; scale: idle window after each cold sync",
     )
     p.add_argument(
         "--no-kick", action="store_true", help="proxy config `kick: false` (no propagation GETs)"
@@ -164,6 +194,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--rest must be positive")
     if args.scenario == "kube-rollout" and (args.upstreams or 0) > discovery.MAX_SERVICES:
         p.error(f"kube-rollout: --upstreams is at most {discovery.MAX_SERVICES}")
+    if args.scenario == "scale" and (args.upstreams is None) != (args.servers is None):
+        p.error("scale: give --upstreams and --servers together, or neither (the two shapes)")
     if args.scenario == "consul-flips" and args.servers is not None and args.servers < 2:
         p.error("consul-flips: --servers must be at least 2")
     for name in ("debounce", "gap"):
@@ -189,6 +221,8 @@ def _run(scenario: str, opts: Options) -> Result:
     describe = discovery.command if scenario in DISCOVERY else scenarios.command
     if scenario == "baselines":
         describe = baselines.command
+    if scenario == "scale":
+        describe = scale.command
     print(f"running: {describe(scenario, opts)}", file=sys.stderr, flush=True)
     with OtherLoad() as other:
         result = SCENARIOS[scenario](opts)

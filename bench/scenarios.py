@@ -1,11 +1,18 @@
-"""The scenarios: `change` (lag of single changes), `cold` (first sync), `steady` (idle cost)."""
+"""The file-source scenarios: `change` (lag of single changes), `cold` (first sync),
+`steady` (idle cost), `churn` (sustained endpoint events), `reload` (repair after a
+proxy reload)."""
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import random
 import re
 import time
 from collections.abc import Callable
 
+from bench.discovery import State, Versions, lag_figures, lag_rows, server_addresses, wait_final
 from bench.harness import (
     NGINX_WORKERS,
     POLL_INTERVAL,
@@ -14,21 +21,26 @@ from bench.harness import (
     Bench,
     BenchError,
     Options,
+    PostLog,
     Result,
     SyncerProcess,
     Tracker,
     answer_times_row,
+    applied_count,
     base_servers,
     base_spec,
     percentiles_ms,
     spread,
     upstream_name,
+    upstream_yaml,
 )
 from syncer.testing.dyups import AppliedEvent
 
 SYNC_TIMEOUT = 120.0  # a whole first sync
 ACCEPT_TIMEOUT = 10.0  # one change, to every proxy
 SETTLE = 1.0  # after a sync: let the trailing verify reads and kicks finish
+CATCH_UP_TIMEOUT = 180.0  # churn: after the events, until every proxy accepted the last state
+DRIVER_SLACK = 2.0  # churn: the driver stops at this × the duration, done or not
 MAX_CHANGES = 65536  # one marker address per change: 10.255.X.Y
 _MARK = re.compile(r"10\.255\.(\d+)\.(\d+):7777")
 
@@ -40,6 +52,10 @@ def command(scenario: str, opts: Options) -> str:
         line += f" --changes {opts.changes}"
     if scenario == "steady":
         line += f" --duration {opts.duration:g}"
+    if scenario == "churn":
+        line += f" --duration {opts.duration:g} --rate {opts.rate:g}"
+    if scenario == "reload":
+        line += f" --changes {opts.changes}"
     if not opts.kick:
         line += " --no-kick"
     if opts.debounce is not None:
@@ -57,6 +73,10 @@ def title(scenario: str, opts: Options) -> str:
     parts = [scenario]
     if scenario == "change":
         parts.append(f"kick {'on' if opts.kick else 'off'}")
+    if scenario == "churn":
+        parts.append(f"{opts.rate:g} endpoint events/s for {opts.duration:g} s")
+    if scenario in ("churn", "reload"):
+        parts.append(f"{opts.proxies} proxies, {opts.upstreams} × {opts.servers}")
     if opts.gap:
         parts.append(f"{opts.gap * 1000:g} ms idle before each change")
     if opts.poll_interval != POLL_INTERVAL:
@@ -159,7 +179,7 @@ def change(opts: Options) -> Result:
 # ----------------------------------------------------------------- cold
 
 
-def _content_mismatches(bench: Bench, spec: dict[str, list[str]]) -> int:
+def content_mismatches(bench: Bench, spec: dict[str, list[str]]) -> int:
     """(proxy, nginx worker) pairs whose upstreams differ from the file."""
     want = {name: sorted(servers) for name, servers in spec.items()}
     wrong = 0
@@ -199,7 +219,7 @@ def cold(opts: Options) -> Result:
             ("start → first POST accepted (startup + reading the file)", f"{min(first):.2f} s"),
             (
                 "(proxy, nginx worker) pairs differing from the file",
-                str(_content_mismatches(bench, spec)),
+                str(content_mismatches(bench, spec)),
             ),
             *bench.proxy_rows(syncer),
             answers,
@@ -241,3 +261,205 @@ def steady(opts: Options) -> Result:
             *_syncer_rows(bench, syncer, "window", cpu, bench_cpu0),
         ]
     return Result(title("steady", opts), command("steady", opts), setup(opts), rows)
+
+
+# ----------------------------------------------------------------- churn
+
+WRITE_EVERY = 0.005  # churn: the file is rewritten at most this often
+MAX_EVENTS = 127 * 65536  # churn: one address per event, 10.128.0.0 – 10.254.255.255
+
+
+def churn_address(i: int) -> str:
+    """The server address event `i` brings in: unique, so no state comes back."""
+    return f"10.{128 + i // 65536}.{i // 256 % 256}.{i % 256}:9000"
+
+
+def _servers_state(_name: str, body: str) -> State:
+    return frozenset(server_addresses(body))
+
+
+def _percent_rows(
+    window: float, syncer_cpu: float, bench: Bench, since: tuple[float, float]
+) -> list[tuple[str, str]]:
+    """CPU of the syncer, the bench process and the simulator processes over `window`:
+    they share the machine's cores."""
+    own, children = (now - then for now, then in zip(bench.cpu_seconds(), since, strict=True))
+    where = "driver" if bench.sim_processes is not None else "driver and simulators"
+    text = f"syncer {100 * syncer_cpu / window:.1f} %; bench process ({where}) "
+    text += f"{100 * own / window:.1f} %"
+    if bench.sim_processes is not None:
+        text += f"; simulator processes ({bench.processes}) {100 * children / window:.1f} %"
+    return [
+        (f"CPU in the change window, % of one core ({os.cpu_count()} CPUs here)", text),
+        (f"syncer CPU (change window, {window:.1f} s)", f"{syncer_cpu:.2f} s"),
+        *bench.cpu_rows(since, "simulators + driver", "driver", ", change window"),
+    ]
+
+
+def churn(opts: Options) -> Result:
+    """`--rate` endpoint events a second for `--duration`, through the file source."""
+    events = round(opts.rate * opts.duration)
+    if events > MAX_EVENTS:
+        raise BenchError(f"churn: at most {MAX_EVENTS} events (--rate × --duration)")
+    rng = random.Random(3)
+    spec = base_spec(opts.upstreams, opts.servers)
+    entries = {name: upstream_yaml(name, servers) for name, servers in spec.items()}
+    with Bench(opts.proxies, opts.processes) as bench:
+        bench.write_upstreams_text(entries.values())
+        syncer = bench.start_syncer(opts)
+        trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
+        synced = max(max(t.first.values()) for t in trackers) - syncer.started
+        bench.sleep(SETTLE)
+        for sim in bench.sims:
+            sim.reset_stats()
+        logs = [PostLog(sim) for sim in bench.sims]
+        versions: Versions = {n: [(float("-inf"), frozenset(s))] for n, s in spec.items()}
+        late: list[float] = []  # per event: its due time → its write's rename
+        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
+        deadline, checked = began + DRIVER_SLACK * opts.duration, began
+        made, writes, next_write = 0, 0, began
+        while made < events and (now := time.monotonic()) < deadline:
+            if next_write > now:
+                time.sleep(next_write - now)
+                now = time.monotonic()
+            due = min(events, math.floor((now - began) * opts.rate) + 1)  # event i: i / rate
+            batch: list[tuple[str, State]] = []
+            for i in range(made, due):
+                name = upstream_name(rng.randrange(opts.upstreams))
+                spec[name][rng.randrange(opts.servers)] = churn_address(i)
+                batch.append((name, frozenset(spec[name])))
+            for name in {name for name, _ in batch}:
+                entries[name] = upstream_yaml(name, spec[name])
+            stamp = bench.write_upstreams_text(entries.values())
+            for i, (name, state) in enumerate(batch, start=made):
+                versions[name].append((stamp, state))
+                late.append(stamp - began - i / opts.rate)
+            made, writes, next_write = due, writes + 1, stamp + WRITE_EVERY
+            if stamp - checked > 1.0:
+                bench.check_alive()
+                checked = stamp
+        ended = time.monotonic()
+        window = ended - began
+        cpu = syncer.cpu_seconds() - cpu0
+        cpu_rows = _percent_rows(window, cpu, bench, bench_cpu0)
+        final = {n: states[-1][1] for n, states in versions.items() if len(states) > 1}
+        caught_up = wait_final(bench, logs, final, _servers_state, CATCH_UP_TIMEOUT)
+        cpu_done = syncer.cpu_seconds() - cpu0
+        bench.sleep(2 * READ_MSG_TIMEOUT)  # every nginx worker applies what was accepted
+        for log in logs:
+            log.update()
+        lags = lag_figures(versions, logs, _servers_state, opts.debounce_s)
+        done = f"not within {CATCH_UP_TIMEOUT:g} s"
+        catch_up = [("last write → every proxy accepted everything", done)]
+        if caught_up is not None:
+            catch_up = [
+                ("last write → every proxy accepted everything", f"{caught_up - ended:.2f} s"),
+                (
+                    "syncer CPU from the first event until everything was accepted, % of one core",
+                    f"{100 * cpu_done / (caught_up - began):.1f} %",
+                ),
+            ]
+        rows = [
+            ("cold sync before the window", f"{synced:.2f} s"),
+            (
+                "endpoint events (each replaces one server of one random upstream)",
+                f"{made} of {events} made in {window:.1f} s ({made / window:.0f}/s), in "
+                f"{writes} file writes at least {WRITE_EVERY * 1000:g} ms apart "
+                f"({made / max(1, writes):.1f} events per write)",
+            ),
+            ("event due → its write's rename: p50 / p90 / p99 / max (ms)", percentiles_ms(late)),
+            *lag_rows(lags, opts.proxies, opts.debounce_s),
+            *catch_up,
+            *cpu_rows,
+            answer_times_row(bench.metrics()),
+            *bench.proxy_rows(syncer),
+            ("syncer CPU (since start)", f"{syncer.cpu_seconds():.2f} s"),
+            ("syncer warnings and errors logged", syncer.log_summary()),
+        ]
+    return Result(title("churn", opts), command("churn", opts), setup(opts), rows)
+
+
+# ----------------------------------------------------------------- reload
+
+PROBE_INTERVAL = 1.0  # the syncer's default
+DRIFT = "dyups_syncer_drift_repairs_total"
+REPAIR_TIMEOUT = 30.0  # one reload, until every worker of the proxy holds everything again
+
+
+def reload(opts: Options) -> Result:
+    """Reload the proxies one at a time (classic dyups: every dynamic upstream is
+    dropped) and time the repair, with the default probe interval."""
+    spec = base_spec(opts.upstreams, opts.servers)
+    names = set(spec)
+    rng = random.Random(5)
+    with Bench(opts.proxies, opts.processes) as bench:
+        bench.write_upstreams_text(upstream_yaml(n, s) for n, s in spec.items())
+        syncer = bench.start_syncer(opts)
+        trackers = bench.wait_synced(names, SYNC_TIMEOUT)
+        synced = max(max(t.first.values()) for t in trackers) - syncer.started
+        bench.sleep(SETTLE)
+        for sim in bench.sims:
+            sim.reset_stats()
+        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
+        first: list[float] = []  # reload → the first POST accepted (the loss was found)
+        accepted: list[float] = []  # reload → every POST accepted
+        everywhere: list[float] = []  # reload → every nginx worker holds every upstream
+        posts: list[float] = []
+        gets: list[float] = []
+        for r in range(opts.changes):
+            sim = bench.sims[r % len(bench.sims)]
+            bench.sleep(rng.uniform(0, PROBE_INTERVAL))  # any phase of the probe timer
+            before, start = sim.stats, applied_count(sim)
+            stamp = time.monotonic()
+            sim.reload()
+            tracker = Tracker(sim, lambda e: e.name if e.name in names else None, start)
+            done = functools.partial(tracker.holds, len(names))
+            bench.wait_tracker(tracker, done, REPAIR_TIMEOUT, f"reload {r}")
+            first.append(min(tracker.first.values()) - stamp)
+            accepted.append(max(tracker.accepted_at(n) or 0.0 for n in names) - stamp)
+            everywhere.append(max(tracker.first.values()) - stamp)
+            bench.sleep(SETTLE)  # the repair's verify reads and kick
+            after = sim.stats
+            posts.append(after.posts - before.posts)
+            gets.append(after.gets - before.gets)
+        window = time.monotonic() - began
+        cpu = syncer.cpu_seconds() - cpu0
+        metrics = bench.metrics()
+        rows = [
+            ("cold sync before the reloads", f"{synced:.2f} s"),
+            (
+                "reloads",
+                f"{opts.changes}, one proxy at a time, round-robin, each after {SETTLE:g} s "
+                f"+ uniform 0–{PROBE_INTERVAL:g} s of rest (probe interval "
+                f"{PROBE_INTERVAL:g} s, the default)",
+            ),
+            (
+                "reload → first POST accepted (the probe or the resync found the loss): "
+                "p50 / p90 / p99 / max (ms)",
+                percentiles_ms(first),
+            ),
+            ("reload → every POST accepted: p50 / p90 / p99 / max (ms)", percentiles_ms(accepted)),
+            (
+                "reload → every nginx worker of the proxy holds every upstream: "
+                "p50 / p90 / p99 / max (ms)",
+                percentiles_ms(everywhere),
+            ),
+            (
+                f"requests to the reloaded proxy per repair (until {SETTLE:g} s after it)",
+                f"POSTs {spread(posts)}; GETs {spread(gets)}",
+            ),
+            (
+                "the syncer's drift repairs since start, one per upstream: `lost` (found by "
+                "the probe) / `missing` (found by the resync)",
+                " / ".join(f"{metrics.total(DRIFT, reason=r):.0f}" for r in ("lost", "missing")),
+            ),
+            (
+                "(proxy, nginx worker) pairs differing from the file at the end",
+                str(content_mismatches(bench, spec)),
+            ),
+            answer_times_row(metrics),
+            *bench.proxy_rows(syncer),
+            ("syncer CPU during the reloads, % of one core", f"{100 * cpu / window:.2f} %"),
+            *_syncer_rows(bench, syncer, f"the reloads, {window:.1f} s", cpu, bench_cpu0),
+        ]
+    return Result(title("reload", opts), command("reload", opts), setup(opts), rows)
