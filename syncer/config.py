@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from syncer.model import ModelError, TrafficPolicy, label_value, normalize_name
-from syncer.traffic import PolicyFieldError, policy_from_fields
+from syncer.traffic import policy_from_fields
 
 ENV_PREFIX = "DYUPS_SYNCER_"
 # Bounded runs of ASCII digits (`\d` also matches other scripts' digits).
@@ -389,22 +389,23 @@ class TrafficConfig(_Strict):
         return self
 
     def policy(self) -> TrafficPolicy:
-        fields = {
-            "zone-aware": str(self.zone_aware).lower(),
-            "min-local": str(self.min_local),
-            "min-local-fraction": repr(self.min_local_fraction),
-            "local-weight-multiplier": str(self.local_weight_multiplier),
-            "slow-start": f"{round(self.slow_start * 1000)}ms",
-            "slow-start-steps": str(self.slow_start_steps),
-            "empty": self.empty,
-            "drain-as-backup": str(self.drain_as_backup).lower(),
-            "drain-seconds": f"{round(self.drain_seconds * 1000)}ms",
-        }
+        # `empty` and `fallback` through the annotation parser: it reads IP:port.
+        fields: dict[str, str] = {"empty": self.empty}
         if self.fallback:
             fields["fallback"] = ",".join(self.fallback)
         try:
-            return policy_from_fields(fields, TrafficPolicy())
-        except PolicyFieldError as e:
+            base = TrafficPolicy(
+                zone_aware=self.zone_aware,
+                min_local=self.min_local,
+                min_local_fraction=self.min_local_fraction,
+                local_weight_multiplier=self.local_weight_multiplier,
+                slow_start=self.slow_start,
+                slow_start_steps=self.slow_start_steps,
+                drain_as_backup=self.drain_as_backup,
+                drain_seconds=self.drain_seconds,
+            )
+            return policy_from_fields(fields, base)
+        except ModelError as e:
             raise ValueError(str(e)) from e
 
 

@@ -639,6 +639,7 @@ class PolicyFieldError(ModelError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.detail = message  # without the key (a rejection's field names it)
 
 
 def policy_from_fields(fields: Mapping[str, str], base: TrafficPolicy) -> TrafficPolicy:
@@ -663,6 +664,17 @@ def policy_from_fields(fields: Mapping[str, str], base: TrafficPolicy) -> Traffi
     try:
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
     except ModelError as e:
+        # Name the key at fault: the first one that fails alone (`min-local: 0`), else
+        # the first one given (a combination: `empty: fallback` without `fallback`).
+        paired = {"empty": "fallback", "fallback": "empty"}  # valid only together
+        for attr, new in changes.items():
+            trial = {attr: new}
+            if paired.get(attr) in changes:
+                trial[paired[attr]] = changes[paired[attr]]
+            try:
+                dataclasses.replace(base, **trial)  # type: ignore[arg-type]
+            except ModelError as alone:
+                raise PolicyFieldError(attr.replace("_", "-"), str(alone)) from e
         raise PolicyFieldError(next(iter(changes)).replace("_", "-"), str(e)) from e
 
 

@@ -35,7 +35,7 @@ from syncer.model import (
     normalize_name,
 )
 from syncer.sources.services import Rejection
-from syncer.sources.traffic_fields import POLICY_KEYS, PolicyFieldError, message_of, policy_of
+from syncer.traffic import POLICY_KEYS, PolicyFieldError, policy_from_fields
 
 Entry = Mapping[str, Any]
 STATUS_RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
@@ -134,9 +134,9 @@ def service_policy(
                 f"{_shown(wanted[0].get(key))} and {_shown(other.get(key))}",
             )
     try:
-        return policy_of(wanted[0] if wanted else {}, options.traffic)
+        return policy_from_fields(wanted[0] if wanted else {}, options.traffic)
     except PolicyFieldError as e:
-        return Rejection(service, "traffic", f"{p}{e.key}", message_of(e))
+        return Rejection(service, "traffic", f"{p}{e.key}", e.detail)
 
 
 def _policy_meta(meta: Mapping[str, Any], prefix: str) -> dict[str, Any]:

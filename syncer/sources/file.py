@@ -42,8 +42,8 @@ from syncer.model import (
     parse_address,
 )
 from syncer.sources.base import Source
-from syncer.sources.traffic_fields import POLICY_KEYS, PolicyFieldError, message_of, policy_of
 from syncer.state import Store
+from syncer.traffic import POLICY_KEYS, PolicyFieldError, policy_from_fields
 
 SERVER_KEYS = {
     "address",
@@ -220,9 +220,9 @@ def _traffic(raw: object, default: TrafficPolicy) -> TrafficPolicy:
         except ModelError as e:
             raise _At(("traffic", key), str(e)) from e
     try:
-        return policy_of(fields, default)
+        return policy_from_fields(fields, default)
     except PolicyFieldError as e:
-        raise _At(("traffic", written.get(e.key, e.key)), message_of(e)) from e
+        raise _At(("traffic", written.get(e.key, e.key)), e.detail) from e
 
 
 def _upstream(

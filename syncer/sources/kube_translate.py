@@ -33,7 +33,7 @@ from syncer.model import (
     normalize_name,
 )
 from syncer.sources.services import Rejection
-from syncer.sources.traffic_fields import POLICY_KEYS, PolicyFieldError, message_of, policy_of
+from syncer.traffic import POLICY_KEYS, PolicyFieldError, policy_from_fields
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -222,9 +222,9 @@ def _parse_service(
                 return reject("directive", f"{p}/directives", str(e))
     fields = {key: annotation(key, "") for key in POLICY_KEYS if f"{p}/{key}" in annotations}
     try:
-        traffic = policy_of(fields, options.traffic)
+        traffic = policy_from_fields(fields, options.traffic)
     except PolicyFieldError as e:
-        return reject("traffic", f"{p}/{e.key}", message_of(e))
+        return reject("traffic", f"{p}/{e.key}", e.detail)
     return ServiceSpec(
         key=key,
         upstream=upstream,

@@ -572,3 +572,22 @@ def test_topology_changes_are_changes_for_zone_aware_upstreams_only():
     assert not topology_changed(
         Upstream("web", (srv(1, zone=A),)), Upstream("web", (srv(1, zone=B),))
     )
+
+
+def test_a_policy_error_names_the_key_at_fault_not_the_first_given():
+    import pytest
+
+    from syncer.model import TrafficPolicy
+    from syncer.traffic import PolicyFieldError, policy_from_fields
+
+    with pytest.raises(PolicyFieldError) as caught:
+        policy_from_fields({"zone-aware": "true", "min-local": "0"}, TrafficPolicy())
+    assert caught.value.key == "min-local"
+    with pytest.raises(PolicyFieldError) as caught:
+        policy_from_fields(
+            {"empty": "fallback", "fallback": "127.0.0.1:81", "slow-start-steps": "1"},
+            TrafficPolicy(),
+        )
+    assert caught.value.key == "slow-start-steps"
+    ok = policy_from_fields({"empty": "fallback", "fallback": "127.0.0.1:81"}, TrafficPolicy())
+    assert ok.fallback[0].address == "127.0.0.1:81"
