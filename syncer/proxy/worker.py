@@ -464,8 +464,15 @@ class ProxyWorker:
                     interrupted = self._superseded(change)
                     if result.outcome is not Outcome.REJECTED and not interrupted:
                         self._failed_round(change.name)
-                    if result.outcome is not Outcome.REJECTED and self._cache is not None:
+                    if (
+                        isinstance(change, Upsert)
+                        and result.outcome is not Outcome.REJECTED
+                        and self._cache is not None
+                    ):
                         self._cache.pop(change.name, None)  # state unknown: re-post next time
+                    # A failed DELETE stays in the cache: dropped, the next plan would see
+                    # an owned name neither desired nor present and release it, and the
+                    # upstream would stay on the proxy, no longer ours to delete.
         except ProxyUnavailable as e:
             self._went_down(e)
             return failed + 1

@@ -6,14 +6,22 @@ measured and recorded (printed in pytest's terminal summary, and written as JSON
 to `$DYUPS_FAULT_REPORT` when set), never asserted: only convergence within a
 generous bound is.
 
-`DYUPS_FAULT_TRIALS` (default 20) sets the number of kill -9 trials;
+`DYUPS_FAULT_TRIALS`, when set, is how many times every repeated scenario injects
+its fault (kill -9 trials, lifecycle faults, network fault/heal cycles, conflict
+rounds, queue-full alerts); unset, each scenario uses a small default sized for CI
+(`trials(default)`: 20 kill -9 trials, 2 to 6 repeats of the others).
 `DYUPS_FAULT_SEED` replays a run (the seed is recorded).
+
+`record(..., samples={...})` keeps the raw per-trial samples: the report holds
+them, with their n, p50, p99 and max (nearest rank: with fewer than 100 samples
+the p99 is the maximum, which the report says).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -24,7 +32,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +69,23 @@ __all__ = [
     "metric",
     "record",
     "sim_view",
+    "summarize",
     "syncer_threads",
+    "trials",
     "want_view",
     "write_daemon_config",
 ]
 
-TRIALS = int(os.environ.get("DYUPS_FAULT_TRIALS", "20"))
+_TRIALS_SET = os.environ.get("DYUPS_FAULT_TRIALS") or None
+
+
+def trials(default: int) -> int:
+    """How many times a repeated scenario injects its fault: $DYUPS_FAULT_TRIALS when
+    set, else `default` (each scenario's CI size)."""
+    return int(_TRIALS_SET) if _TRIALS_SET else default
+
+
+TRIALS = trials(20)  # the kill -9 tests
 # How long a repair may take before a scenario fails: ten resync intervals.
 REPAIR_BOUND = 10.0
 SEED = int(os.environ.get("DYUPS_FAULT_SEED") or random.SystemRandom().randrange(2**31))
@@ -77,17 +96,65 @@ View = dict[str, tuple[Any, ...]]  # upstream name → sorted server tuples (see
 # --------------------------------------------------------------------------- measurements
 
 MEASURED: list[dict[str, Any]] = []
+PERCENTILES = "nearest rank: p = the ceil(p/100 * n)-th smallest sample (p99 = max when n < 100)"
 
 
-def record(scenario: str, **values: Any) -> None:
-    """Keep a measurement for the terminal summary (and $DYUPS_FAULT_REPORT)."""
-    MEASURED.append({"scenario": scenario, **values})
-    shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
-    print(f"[fault] {scenario}: {shown}")
+def _rank(ordered: Sequence[float], p: int) -> float:
+    return ordered[max(1, math.ceil(p * len(ordered) / 100)) - 1]
+
+
+def summarize(samples: Sequence[float | None]) -> dict[str, Any]:
+    """n, p50, p99 and max of `samples` (None entries are skipped), by nearest rank.
+    `p99_is_max` says when the p99 is only the largest sample (n < 100)."""
+    ordered = sorted(x for x in samples if x is not None)
+    if not ordered:
+        return {"n": 0}
+    n = len(ordered)
+    return {
+        "n": n,
+        "p50": round(_rank(ordered, 50), 4),
+        "p99": round(_rank(ordered, 99), 4),
+        "max": round(ordered[-1], 4),
+        "p99_is_max": math.ceil(99 * n / 100) == n,
+    }
+
+
+def record(
+    scenario: str,
+    *,
+    samples: Mapping[str, Sequence[float | None]] | None = None,
+    details: Sequence[Mapping[str, Any]] | None = None,
+    **values: Any,
+) -> None:
+    """Keep a measurement for the terminal summary and $DYUPS_FAULT_REPORT.
+
+    `values`: counts and settings (by convention `trials`, `converged`, `lost`);
+    `samples`: name → one value per trial (raw, in trial order), summarized by
+    `summarize`; `details`: one dict per trial, for the JSON report only."""
+    entry: dict[str, Any] = {"scenario": scenario, **values}
+    if samples:
+        entry["samples"] = {
+            k: [None if x is None else round(x, 4) for x in v] for k, v in samples.items()
+        }
+        entry["stats"] = {k: summarize(v) for k, v in samples.items()}
+    if details:
+        entry["details"] = [dict(d) for d in details]
+    MEASURED.append(entry)
+    print(f"[fault] {_line(entry)}")
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _line(entry: Mapping[str, Any]) -> str:
+    skip = {"scenario", "samples", "stats", "details"}
+    shown = [f"{k}={_fmt(v)}" for k, v in entry.items() if k not in skip]
+    for name, st in entry.get("stats", {}).items():
+        if st["n"]:
+            p99 = "max" if st["p99_is_max"] else f"{st['p99']:.3f}"
+            shown.append(f"{name}: n={st['n']} p50={st['p50']:.3f} p99={p99} max={st['max']:.3f}")
+    return f"{entry['scenario']}: " + " ".join(shown)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -95,11 +162,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     terminalreporter.write_sep("-", f"fault injection measurements (seed {SEED})")
     for entry in MEASURED:
-        values = " ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k != "scenario")
-        terminalreporter.write_line(f"{entry['scenario']}: {values}")
+        terminalreporter.write_line(_line(entry))
     target = os.environ.get("DYUPS_FAULT_REPORT")
     if target:
-        Path(target).write_text(json.dumps({"seed": SEED, "measured": MEASURED}, indent=1))
+        report = {
+            "seed": SEED,
+            "trials": _TRIALS_SET,  # $DYUPS_FAULT_TRIALS (null: each scenario's default)
+            "percentiles": PERCENTILES,
+            "measured": MEASURED,
+        }
+        Path(target).write_text(json.dumps(report, indent=1))
 
 
 # --------------------------------------------------------------------------- convergence

@@ -1,16 +1,27 @@
 """`dyups_trylock on` with a busy lock half of the time: a POST gets 409, a DELETE
 gets its connection closed without a byte. Everything must converge, nothing else
 be deleted, and `dyups_syncer_conflicts_total` must count what the proxy refused.
+The storm runs ROUNDS rounds of changes after the cold sync ($DYUPS_FAULT_TRIALS
+when set).
 """
 
 from __future__ import annotations
 
 import time
 
-from tests.faults.conftest import REPAIR_BOUND, differences, expected, metric, record
+from tests.faults.conftest import (
+    REPAIR_BOUND,
+    WAIT,
+    differences,
+    expected,
+    lost,
+    metric,
+    record,
+    trials,
+)
 
 NAMES = 9
-ROUNDS = 3
+ROUNDS = trials(3)
 
 
 def spec(round_: int) -> dict[str, list[str]]:
@@ -27,17 +38,20 @@ def spec(round_: int) -> dict[str, list[str]]:
 
 def conflict_storm(make_env):
     """Cold sync then ROUNDS changes under trylock with conflict_rate 0.5; returns
-    the env, the app and the time each round took to converge."""
+    the env, the app, the time each round took to converge and, if a round did not
+    converge (within WAIT), what differed then (the storm stops there)."""
     env = make_env(2, trylock=True, conflict_rate=0.5)
     env.write(spec(0))
     app = env.start()
-    took = []
+    took: list[float] = []
     for round_ in range(ROUNDS + 1):
         started = time.monotonic()
         env.write(spec(round_))
-        assert env.wait_converged(), [differences(s, expected(env.desired(), s)) for s in env.sims]
+        if not env.wait_converged():
+            found = [d for s in env.sims for d in differences(s, expected(env.desired(), s))]
+            return env, app, took, (round_, found)
         took.append(time.monotonic() - started)
-    return env, app, took
+    return env, app, took, None
 
 
 def refused(sim) -> dict[str, int]:
@@ -49,25 +63,32 @@ def refused(sim) -> dict[str, int]:
 
 
 def test_conflict_storm_converges(make_env):
-    env, app, took = conflict_storm(make_env)
+    env, app, took, stuck = conflict_storm(make_env)
+    found = stuck[1] if stuck else []
+    counted = {
+        f"p{i}": metric(app, "dyups_syncer_conflicts_total", proxy=f"p{i}")
+        for i in range(len(env.sims))
+    }
+    # Recorded before the assertions, so that a failed storm still reports its rounds.
+    record(
+        "trylock conflict_rate=0.5",
+        trials=stuck[0] if stuck else ROUNDS,  # rounds of changes made, after the cold sync
+        converged=max(0, len(took) - 1),
+        lost=lost(found),
+        stuck_in_round=stuck[0] if stuck else None,
+        left=found,
+        refused={f"p{i}": refused(s) for i, s in enumerate(env.sims)},
+        counted=counted,
+        samples={"cold_sync_s": took[:1], "round_converged_s": took[1:]},
+    )
+    assert not stuck, f"round {stuck[0]} of {ROUNDS} did not converge within {WAIT}s: {found}"
     for sim in env.sims:
         assert not differences(sim, expected(env.desired(), sim))  # lost: 0
         got = refused(sim)
         assert got["409"] > 0 and got["closed_delete"] > 0  # both kinds happened
         # Only owned, no longer desired upstreams were ever deleted: static_be never.
         assert all(e.name != "static_be" for e in sim.applied if e.op == "delete")
-    counted = {
-        f"p{i}": metric(app, "dyups_syncer_conflicts_total", proxy=f"p{i}")
-        for i in range(len(env.sims))
-    }
     assert counted == {f"p{i}": s.stats.conflicts for i, s in enumerate(env.sims)}
-    record(
-        "trylock conflict_rate=0.5",
-        rounds=len(took),
-        converge_s_max=max(took),
-        refused={f"p{i}": refused(s) for i, s in enumerate(env.sims)},
-        counted=counted,
-    )
 
 
 def test_conflicts_total_matches_the_simulator(make_env):

@@ -17,6 +17,9 @@ snapshot's place makes it unreadable and unwritable instead. A full disk is a
 64 KiB tmpfs filled up, when this process may mount one; otherwise (and also, in
 every run) `os.fdopen` is replaced, for the snapshot's directory only, by a file
 whose writes fail with ENOSPC, in an in-process syncer.
+
+Each case runs once (not repeated with $DYUPS_FAULT_TRIALS): the same damage is
+met the same way at every start.
 """
 
 from __future__ import annotations
@@ -123,7 +126,15 @@ def test_a_bad_snapshot_is_reported_and_the_proxies_rebuilt(make_env, daemons, h
     assert daemon.terminate() == 0, daemon.tail()
     if how != "directory":  # the next start has a good snapshot again
         assert isinstance(load_snapshot(env.snapshot), SnapshotData)
-    record(f"snapshot {how}", rebuilt_s_from_spawn=took, deletes=0, running=True)
+    record(
+        f"snapshot {how}",
+        trials=1,
+        converged=1,
+        lost=0,  # rebuilt: every desired upstream on both proxies
+        deletes=0,
+        running=True,
+        samples={"rebuilt_s_from_spawn": [took]},
+    )
 
 
 # --------------------------------------------------------------------------- disk full
@@ -244,4 +255,11 @@ def test_disk_full_while_writing_the_snapshot(make_env, daemons, tiny_disk, monk
     assert {name for _, name in deleted} <= {"api"} and all(i == 0 for i, _ in deleted)
     after = load_snapshot(env.snapshot)
     assert after is not None and "new" in after.proxies["p1"]["owned"]
-    record(f"disk full ({method})", deleted=sorted(set(deleted)), old_snapshot_kept_whole=True)
+    record(
+        f"disk full ({method})",
+        trials=1,
+        converged=1,
+        lost=0,  # rebuilt (asserted above)
+        deleted=sorted(set(deleted)),
+        old_snapshot_kept_whole=True,
+    )

@@ -113,3 +113,45 @@ def test_a_reload_clears_names_no_longer_desired_from_what_the_worker_believes()
             assert worker.status()["held"] == 0  # u0 is re-posted; u1..u3 are forgotten
         finally:
             client.close()
+
+
+def test_a_delete_refused_on_every_attempt_is_retried_not_forgotten():
+    """A DELETE that keeps meeting a busy lock must stay a pending delete: the name is
+    still ours and still on the proxy (found by the 100-trial conflict storm)."""
+    store = Store(["file"])
+    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
+    settings = WorkerSettings(
+        debounce=0.0,
+        kick_gets=0,
+        retry_attempts=2,
+        retry_initial=0.01,
+        retry_max=0.05,
+        resync_interval=3600.0,  # the repair must not wait for a full re-read
+        probe_interval=0.05,  # each step returns within this
+    )
+    with DyupsSimulator(workers=1, trylock=True) as sim:
+        client = DyupsClient(ClientSettings(url=sim.url))
+        worker = ProxyWorker(
+            label="p0",
+            client=client,
+            store=store,
+            settings=settings,
+            metrics=Metrics(),
+            log=log.get("test"),
+            stop=threading.Event(),
+        )
+        try:
+            worker.step()
+            assert set(sim.upstreams()) == {"u0", "u1"}
+            sim.set_conflict_rate(1.0)
+            store.publish("file", {"u0": upstream("u0", 8000)})
+            worker.step()  # every attempt of DELETE u1 finds the lock busy
+            assert sim.stats.conflicts >= 2 and "u1" in sim.upstreams()
+            sim.set_conflict_rate(0.0)
+            for _ in range(100):  # each step waits at most the retry backoff
+                if "u1" not in sim.upstreams():
+                    break
+                worker.step()
+            assert set(sim.upstreams()) == {"u0"}
+        finally:
+            client.close()
