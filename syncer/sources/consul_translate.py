@@ -125,7 +125,12 @@ def service_policy(
     wanted = [_policy_meta(_meta(e), p) for e in entries]
     for other in wanted[1:]:
         if other != wanted[0]:
-            key = next(k for k in POLICY_KEYS if other.get(k) != wanted[0].get(k))
+            # Presence counts too: a key set to null on one instance, absent on another.
+            key = next(
+                k
+                for k in POLICY_KEYS
+                if (k in other, other.get(k)) != (k in wanted[0], wanted[0].get(k))
+            )
             return Rejection(
                 service,
                 "meta_conflict",

@@ -291,3 +291,13 @@ def test_an_address_some_instance_serves_is_not_draining():
     same = entry("b", address="10.1.0.1", meta=DRAIN, status="critical", node="n2")
     u = build_upstream("web", [same, served], OPT)
     assert addresses(u) == ["10.1.0.1:8080"] and not u.has_draining
+
+
+def test_instances_that_disagree_only_on_a_null_policy_meta_are_rejected_not_a_crash():
+    """Found by the long fuzz run: meta `dyups-zone-aware: null` on one instance and
+    absent on the other raised StopIteration."""
+    first = entry("web-1", meta={"dyups-zone-aware": None})
+    second = entry("web-2", node_address="10.0.0.2", node="n2")
+    result = build_upstream("web", [first, second], Options())
+    assert isinstance(result, Rejection)
+    assert result.reason == "meta_conflict" and result.field == "dyups-zone-aware"
