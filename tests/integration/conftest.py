@@ -151,3 +151,30 @@ def eventually(predicate, timeout: float = WAIT, interval: float = 0.005) -> boo
 
 def metric(app: App, name: str, **labels: str) -> float:
     return app.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def zoned_proxies(env, zones):
+    """`proxies.static` for env's simulators, the i-th one in zone `zones[i]`."""
+    return {
+        "static": [
+            {
+                "url": sim.url,
+                "name": f"p{i}",
+                "zone": zone,
+                "read_msg_timeout": 0.05,
+                "read_timeout": 1.0,
+                "connect_timeout": 0.5,
+                "shm_zone_size": sim.shm_zone_size,
+            }
+            for i, (sim, zone) in enumerate(zip(env.sims, zones, strict=True))
+        ]
+    }
+
+
+def roles(sim, name):
+    """Each server's role on every worker of `sim` (they must agree)."""
+    views = [
+        {s.addr: "down" if s.down else "backup" if s.backup else "primary" for s in servers}
+        for servers in (sim.upstreams(w).get(name, []) for w in range(sim.workers))
+    ]
+    return views[0] if all(v == views[0] for v in views) else None

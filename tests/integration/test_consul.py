@@ -9,7 +9,7 @@ import pytest
 from syncer.model import Server, Upstream
 from tests.fakes.consul_agent import FakeConsulAgent
 
-from .conftest import WAIT, eventually, metric
+from .conftest import WAIT, eventually, metric, roles, zoned_proxies
 
 pytestmark = pytest.mark.consul
 
@@ -44,6 +44,29 @@ def consul_cfg(agent, **extra):
         **extra,
     }
     return {"sources": [source]}
+
+
+def discovery_cfg(agent, tmp_path):
+    """A syncer whose upstreams and proxies both come from the fake agent."""
+    from syncer.config import Config
+
+    return Config.model_validate(
+        {
+            "sources": [{"type": "consul", "address": f"127.0.0.1:{agent.port}", "wait": "2s"}],
+            "proxies": {
+                "consul": {
+                    "service": "nginx",
+                    "read_msg_timeout": 0.05,
+                    "wait": "2s",
+                    "client": {"address": f"127.0.0.1:{agent.port}"},
+                }
+            },
+            "snapshot_path": str(tmp_path / "snap.json"),
+            "debounce": 0,
+            "probe_interval": 0.1,
+            "listen": "127.0.0.1:0",
+        }
+    )
 
 
 def test_follows_registrations_and_health(make_env, agent):
@@ -191,7 +214,6 @@ def test_acl_token_from_the_environment(make_env, monkeypatch):
 
 def test_proxies_discovered_through_consul(agent, tmp_path):
     from syncer.app import App
-    from syncer.config import Config
     from syncer.testing.dyups import DyupsSimulator
 
     from .conftest import STATIC
@@ -207,23 +229,7 @@ def test_proxies_discovered_through_consul(agent, tmp_path):
             port=80,
             meta={"dyups-port": str(sims[0].port)},
         )
-        cfg = Config.model_validate(
-            {
-                "sources": [{"type": "consul", "address": f"127.0.0.1:{agent.port}", "wait": "2s"}],
-                "proxies": {
-                    "consul": {
-                        "service": "nginx",
-                        "read_msg_timeout": 0.05,
-                        "wait": "2s",
-                        "client": {"address": f"127.0.0.1:{agent.port}"},
-                    }
-                },
-                "snapshot_path": str(tmp_path / "snap.json"),
-                "debounce": 0,
-                "probe_interval": 0.1,
-                "listen": "127.0.0.1:0",
-            }
-        )
+        cfg = discovery_cfg(agent, tmp_path)
         app = App(cfg)
         app.start(serve_http=False)
         try:
@@ -334,7 +340,6 @@ def test_an_expired_session_is_replaced(make_env):
 
 def test_discovered_proxies_take_the_zone_of_their_node_meta(agent, tmp_path):
     from syncer.app import App
-    from syncer.config import Config
     from syncer.testing.dyups import DyupsSimulator
 
     from .conftest import STATIC
@@ -355,23 +360,7 @@ def test_discovered_proxies_take_the_zone_of_their_node_meta(agent, tmp_path):
             )
 
         register_proxy({"zone": "a"})
-        cfg = Config.model_validate(
-            {
-                "sources": [{"type": "consul", "address": f"127.0.0.1:{agent.port}", "wait": "2s"}],
-                "proxies": {
-                    "consul": {
-                        "service": "nginx",
-                        "read_msg_timeout": 0.05,
-                        "wait": "2s",
-                        "client": {"address": f"127.0.0.1:{agent.port}"},
-                    }
-                },
-                "snapshot_path": str(tmp_path / "snap.json"),
-                "debounce": 0,
-                "probe_interval": 0.1,
-                "listen": "127.0.0.1:0",
-            }
-        )
+        cfg = discovery_cfg(agent, tmp_path)
         app = App(cfg)
         app.start(serve_http=False)
 
@@ -397,31 +386,6 @@ def test_discovered_proxies_take_the_zone_of_their_node_meta(agent, tmp_path):
 # ---------------------------------------------------------------- traffic policies
 
 
-def _zoned_proxies(env, zones):
-    return {
-        "static": [
-            {
-                "url": sim.url,
-                "name": f"p{i}",
-                "zone": zone,
-                "read_msg_timeout": 0.05,
-                "read_timeout": 1.0,
-                "connect_timeout": 0.5,
-                "shm_zone_size": sim.shm_zone_size,
-            }
-            for i, (sim, zone) in enumerate(zip(env.sims, zones, strict=True))
-        ]
-    }
-
-
-def _roles(sim, name):
-    views = [
-        {s.addr: "down" if s.down else "backup" if s.backup else "primary" for s in servers}
-        for servers in (sim.upstreams(w).get(name, []) for w in range(sim.workers))
-    ]
-    return views[0] if all(v == views[0] for v in views) else None
-
-
 def _split(local, remote):
     return {**dict.fromkeys(local, "primary"), **dict.fromkeys(remote, "backup")}
 
@@ -435,16 +399,16 @@ def test_a_zone_aware_service_gives_each_proxy_its_zone_as_primaries(make_env, a
             f"n{i}", ip, "web", f"web-{i}", tags=["dyups"], meta=meta, node_meta={"zone": zone}
         )
     env = make_env(2)
-    env.start(**consul_cfg(agent), proxies=_zoned_proxies(env, ["a", "b"]))
+    env.start(**consul_cfg(agent), proxies=zoned_proxies(env, ["a", "b"]))
     a = {"10.0.1.1:8080", "10.0.1.2:8080"}
     b = {"10.0.2.1:8080", "10.0.2.2:8080"}
-    assert env.sims[0].wait_until(lambda s: _roles(s, "web") == _split(a, b), WAIT)
-    assert env.sims[1].wait_until(lambda s: _roles(s, "web") == _split(b, a), WAIT)
+    assert env.sims[0].wait_until(lambda s: roles(s, "web") == _split(a, b), WAIT)
+    assert env.sims[1].wait_until(lambda s: roles(s, "web") == _split(b, a), WAIT)
     # Zone a is down to one endpoint (under min-local 2): proxy a gets all as primary.
     agent.set_status("web-0", "critical")
     a1 = {"10.0.1.2:8080"}
-    assert env.sims[0].wait_until(lambda s: _roles(s, "web") == _split(a1 | b, ()), WAIT)
-    assert env.sims[1].wait_until(lambda s: _roles(s, "web") == _split(b, a1), WAIT)
+    assert env.sims[0].wait_until(lambda s: roles(s, "web") == _split(a1 | b, ()), WAIT)
+    assert env.sims[1].wait_until(lambda s: roles(s, "web") == _split(b, a1), WAIT)
     # The default path's query is unchanged: passing instances only.
     health = [r for r in agent.requests if r.endpoint == "health.service"]
     assert health and all(r.param("passing") == "1" for r in health)
@@ -459,7 +423,7 @@ def test_a_critical_instance_drains_as_backup_then_goes(make_env, agent):
     app = env.start(**consul_cfg(agent))
     (sim,) = env.sims
     both = {"10.0.0.1:8080": "primary", "10.0.0.2:8080": "primary"}
-    assert sim.wait_until(lambda s: _roles(s, "web") == both, WAIT)
+    assert sim.wait_until(lambda s: roles(s, "web") == both, WAIT)
     # The answer showed drain-as-backup: web's query now asks for every instance
     # (api's, under the default policy, still for the passing ones only).
     assert eventually(
@@ -471,11 +435,11 @@ def test_a_critical_instance_drains_as_backup_then_goes(make_env, agent):
     )
     agent.set_status("web-2", "critical")
     draining = {"10.0.0.1:8080": "primary", "10.0.0.2:8080": "backup"}
-    assert sim.wait_until(lambda s: _roles(s, "web") == draining, WAIT)
-    assert sim.wait_until(lambda s: _roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
+    assert sim.wait_until(lambda s: roles(s, "web") == draining, WAIT)
+    assert sim.wait_until(lambda s: roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
     # healthy again: back in rotation
     agent.set_status("web-2", "passing")
-    assert sim.wait_until(lambda s: _roles(s, "web") == both, WAIT)
+    assert sim.wait_until(lambda s: roles(s, "web") == both, WAIT)
     api = [r for r in agent.requests if r.endpoint == "health.service" and r.service == "api"]
     assert api and all(r.param("passing") == "1" for r in api)
     # The policy goes: the query filters again, and a critical instance just leaves.
@@ -484,7 +448,7 @@ def test_a_critical_instance_drains_as_backup_then_goes(make_env, agent):
     assert eventually(lambda: not app.sources[0].status()["rejected"])
     agent.clear_requests()
     agent.set_status("web-2", "critical")
-    assert sim.wait_until(lambda s: _roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
+    assert sim.wait_until(lambda s: roles(s, "web") == {"10.0.0.1:8080": "primary"}, WAIT)
     assert eventually(
         lambda: any(r.service == "web" and r.param("passing") == "1" for r in agent.requests)
     )

@@ -15,7 +15,7 @@ from syncer.testing.dyups import DyupsSimulator
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.fakes.kube_objects import endpoint, endpoint_slice, pod, service
 
-from .conftest import STATIC, WAIT, eventually, metric
+from .conftest import STATIC, WAIT, eventually, metric, roles, zoned_proxies
 
 P = "dyups-syncer.io"
 
@@ -592,33 +592,6 @@ def test_nodes_are_not_read_when_no_zone_comes_from_them(kube, settings):
 
 
 # ---------------------------------------------------------------- traffic policies
-
-
-def zoned_proxies(env, zones):
-    """`proxies.static` for env's simulators, the i-th one in zone `zones[i]`."""
-    return {
-        "static": [
-            {
-                "url": sim.url,
-                "name": f"p{i}",
-                "zone": zone,
-                "read_msg_timeout": 0.05,
-                "read_timeout": 1.0,
-                "connect_timeout": 0.5,
-                "shm_zone_size": sim.shm_zone_size,
-            }
-            for i, (sim, zone) in enumerate(zip(env.sims, zones, strict=True))
-        ]
-    }
-
-
-def roles(sim, name):
-    """Each server's role on every worker of `sim` (they must agree)."""
-    views = [
-        {s.addr: "down" if s.down else "backup" if s.backup else "primary" for s in servers}
-        for servers in (sim.upstreams(w).get(name, []) for w in range(sim.workers))
-    ]
-    return views[0] if all(v == views[0] for v in views) else None
 
 
 def test_a_zone_aware_service_gives_each_proxy_its_zone_as_primaries(make_env, kube):
