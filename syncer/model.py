@@ -68,7 +68,9 @@ def _int_field(what: str, value: object, *, minimum: int, maximum: int | None = 
         raise ModelError(f"{what} must be an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         upper = "" if maximum is None else f" and <= {maximum}"
-        raise ModelError(f"{what} must be >= {minimum}{upper}, got {value}")
+        # A value past Python's 4,300-digit str() limit must still give a ModelError.
+        shown = str(value) if value.bit_length() < 10_000 else f"a {value.bit_length()}-bit number"
+        raise ModelError(f"{what} must be >= {minimum}{upper}, got {shown}")
     return value
 
 

@@ -282,3 +282,13 @@ def test_observed_equality_ignores_server_order():
 def test_bodies_that_are_not_ours_do_not_come_back(body):
     with pytest.raises(ModelError):
         upstream_from_body("x", body)
+
+
+def test_a_number_past_the_int_to_str_limit_is_a_model_error():
+    """Building the message must not hit Python's 4,300-digit str() limit."""
+    import pytest
+
+    from syncer.model import ModelError, Server
+
+    with pytest.raises(ModelError, match="port must be"):
+        Server("10.0.0.1", 10**5000)
