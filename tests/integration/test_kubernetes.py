@@ -62,6 +62,28 @@ def kube_config(env, kube, **overrides):
     return data
 
 
+def pod_discovery_cfg(kube, port, tmp_path):
+    """A syncer whose upstreams and proxies (pods app=nginx in edge) both come from `kube`."""
+    return Config.model_validate(
+        {
+            "sources": [{"type": "kubernetes", "client": {"api_url": kube.url}}],
+            "proxies": {
+                "kubernetes": {
+                    "namespace": "edge",
+                    "label_selector": "app=nginx",
+                    "port": port,
+                    "read_msg_timeout": 0.05,
+                    "client": {"api_url": kube.url},
+                }
+            },
+            "snapshot_path": str(tmp_path / "snap.json"),
+            "debounce": 0,
+            "probe_interval": 0.1,
+            "listen": "127.0.0.1:0",
+        }
+    )
+
+
 def test_initial_sync_scale_and_removal(make_env, kube):
     kube.apply(opted_in("web"))
     kube.apply(service("shop", "ignored"))
@@ -247,24 +269,7 @@ def test_proxy_pods_come_and_go(kube, tmp_path):
         kube.apply(opted_in("web"))
         kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1")))
         kube.apply(pod("edge", "nginx-0", ip=hosts[0], labels={"app": "nginx"}))
-        cfg = Config.model_validate(
-            {
-                "sources": [{"type": "kubernetes", "client": {"api_url": kube.url}}],
-                "proxies": {
-                    "kubernetes": {
-                        "namespace": "edge",
-                        "label_selector": "app=nginx",
-                        "port": port,
-                        "read_msg_timeout": 0.05,
-                        "client": {"api_url": kube.url},
-                    }
-                },
-                "snapshot_path": str(tmp_path / "snap.json"),
-                "debounce": 0,
-                "probe_interval": 0.1,
-                "listen": "127.0.0.1:0",
-            }
-        )
+        cfg = pod_discovery_cfg(kube, port, tmp_path)
         app = App(cfg)
         app.start(serve_http=False)
         try:
@@ -465,24 +470,7 @@ def test_a_proxy_takes_the_zone_of_its_node_and_follows_its_label(kube, tmp_path
         kube.apply(node("node-a", zone="a"))
         kube.apply(node("node-b", zone="b"))
         kube.apply(pod("edge", "nginx-0", ip=host, labels={"app": "nginx"}, node="node-a"))
-        cfg = Config.model_validate(
-            {
-                "sources": [{"type": "kubernetes", "client": {"api_url": kube.url}}],
-                "proxies": {
-                    "kubernetes": {
-                        "namespace": "edge",
-                        "label_selector": "app=nginx",
-                        "port": port,
-                        "read_msg_timeout": 0.05,
-                        "client": {"api_url": kube.url},
-                    }
-                },
-                "snapshot_path": str(tmp_path / "snap.json"),
-                "debounce": 0,
-                "probe_interval": 0.1,
-                "listen": "127.0.0.1:0",
-            }
-        )
+        cfg = pod_discovery_cfg(kube, port, tmp_path)
         app = App(cfg)
         app.start(serve_http=False)
 
