@@ -207,6 +207,8 @@ class Store:
             changed = []
             for name, upstream in accepted.items():
                 before = previous.get(name)
+                if before is upstream:
+                    continue  # the common case: a source republishes what it holds
                 if before != upstream or topology_changed(before, upstream):
                     changed.append(name)
                 else:

@@ -71,6 +71,16 @@ class WorkerSettings:
     zone: str = ""  # the proxy's zone, for zone-aware upstreams
 
 
+class _StopWhen(tenacity.stop.stop_base):
+    """A tenacity stop condition from a predicate on the retry state."""
+
+    def __init__(self, predicate: Callable[[tenacity.RetryCallState], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self._predicate(retry_state)
+
+
 class ProxyWorker:
     def __init__(
         self,
@@ -134,6 +144,7 @@ class ProxyWorker:
         self._view: Mapping[str, Upstream] = {}
         self._planned_from: Mapping[str, Upstream] = {}
         self._policy_at: float | None = None  # monotonic: a policy's output changes then
+        self._retrying = self._build_retrying()
 
     # ----------------------------------------------------------------- thread
     def start(self) -> None:
@@ -489,14 +500,20 @@ class ProxyWorker:
         return current is not None
 
     def _write(self, change: Upsert | Delete) -> WriteResult:
-        class SupersededOrStopping(tenacity.stop.stop_base):
-            def __call__(inner, _: tenacity.RetryCallState) -> bool:
-                return self.stop.is_set() or self._superseded(change)
+        result: WriteResult = self._retrying(self._write_once, change)
+        return result
 
-        def sleep(seconds: float) -> None:
-            self.stop.wait(seconds)
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
 
-        retrying = tenacity.Retrying(
+    def _build_retrying(self) -> tenacity.Retrying:
+        """Built once per worker: constructing a Retrying (and a stop class) for every
+        write cost about a tenth of the syncer's CPU in a rollout with 10 proxies."""
+
+        def superseded_or_stopping(state: tenacity.RetryCallState) -> bool:
+            return self.stop.is_set() or self._superseded(state.args[0])
+
+        return tenacity.Retrying(
             retry=tenacity.retry_if_result(
                 lambda r: r.outcome.retryable and r.outcome is not Outcome.UNAVAILABLE
             ),
@@ -504,12 +521,11 @@ class ProxyWorker:
             # of wait_exponential_jitter differ across tenacity releases).
             wait=tenacity.wait_exponential(multiplier=self.s.retry_initial, max=self.s.retry_max)
             + tenacity.wait_random(0, self.s.retry_initial),
-            stop=tenacity.stop_after_attempt(self.s.retry_attempts) | SupersededOrStopping(),
-            sleep=sleep,
+            stop=tenacity.stop_after_attempt(self.s.retry_attempts)
+            | _StopWhen(superseded_or_stopping),
+            sleep=self._sleep,
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        result: WriteResult = retrying(self._write_once, change)
-        return result
 
     def _delete_reached_every_worker(self, change: Upsert | Delete) -> bool:
         """After a queue-full DELETE only the nginx worker that answered dropped the
