@@ -504,7 +504,8 @@ class ObservedUpstream:
     body: str | None = None
 
 
-_ADDR_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})")
+# ASCII digits in the port: `\d` also matches other scripts' digits, which int() reads.
+_ADDR_RE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>[0-9]{1,5})")
 
 
 def parse_address(text: str) -> tuple[str, int]:

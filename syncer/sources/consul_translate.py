@@ -86,7 +86,7 @@ def _int(meta: Mapping[str, str], key: str, default: int) -> int:
     text = str(raw).strip()
     if key.endswith("fail-timeout"):
         text = text.removesuffix("s")
-    if not re.fullmatch(r"\d{1,9}", text):
+    if not re.fullmatch(r"[0-9]{1,9}", text):  # ASCII: `\d` matches other scripts
         raise ValueError(f"must be a whole number, got {raw!r}")
     return int(text)
 

@@ -119,6 +119,7 @@ def test_no_served_instance_is_none():
     "meta, reason",
     [
         ({"dyups-weight": "abc"}, "instance"),
+        ({"dyups-weight": "\u0663"}, "instance"),  # ARABIC-INDIC DIGIT THREE: int() reads 3
         ({"dyups-directives": "hash $request_uri"}, "directive"),
         ({"dyups-upstream": "bad name;"}, "name"),
         ({"dyups-backup": "maybe"}, "instance"),

@@ -166,6 +166,7 @@ def test_parse_detail_tolerates_missing_max_conns_and_any_order():
         "server 1.2.3.4:80 weight=1\n\n",
         "web\nserver nonsense\n\n",
         "web\nserver 1.2.3.4:80 weight=x\n\n",
+        "web\nserver 1.2.3.4:\u0668\u0660\n\n",  # a port in ARABIC-INDIC digits
     ],
 )
 def test_parse_detail_rejects_garbage_with_parse_error(text):
