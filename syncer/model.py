@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
@@ -516,10 +516,11 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(match.group("port"))
 
 
-# /detail repeats the same lines every resync. Bounded: under endpoint churn every
-# new pod IP is a new line; 65,536 entries hold 2,000 upstreams × 20 servers whole
-# and cost at most ~35 MiB (262,144 grew RSS by ~140 MiB in the soak).
-@functools.lru_cache(maxsize=65536)
+# A changed /detail block mostly repeats lines of its last read (the client reparses
+# only changed blocks, see DyupsClient). Bounded: under endpoint churn every new pod
+# IP is a new line. 65,536 entries cost up to ~35 MiB and, with a read cycling over
+# more lines than that, hit nothing; 8,192 keep the recent lines.
+@functools.lru_cache(maxsize=8192)
 def _parse_detail_server(line: str) -> Server:
     words = line.split()
     if len(words) < 2 or words[0] != "server":
@@ -551,19 +552,29 @@ def _parse_detail_server(line: str) -> Server:
 
 def parse_detail(text: str) -> dict[str, ObservedUpstream]:
     """Parse `GET /detail`: blocks of `NAME` then `server ...` lines, separated by blank lines."""
-    out: dict[str, ObservedUpstream] = {}
+    return {name: parse_detail_block(name, block) for name, block in detail_blocks(text)}
+
+
+def detail_blocks(text: str) -> Iterator[tuple[str, str]]:
+    """`GET /detail` cut into (name, block text) without parsing the servers, so that a
+    reader can parse only the blocks that differ from its last read."""
     for block in text.split("\n\n"):
-        lines = [line for line in block.split("\n") if line.strip()]
-        if not lines:
+        head, _, _ = block.lstrip().partition("\n")
+        if not head.strip():
             continue
-        name = lines[0].strip().lower()
+        name = head.strip().lower()
         if name.startswith("server ") or len(name.split()) != 1:
-            raise ParseError(f"expected an upstream name, got {lines[0]!r}")
-        if len(lines) < 2:
-            raise ParseError(f"upstream {name!r} is listed without any server")
-        servers = tuple(sorted(_parse_detail_server(line) for line in lines[1:]))
-        out[name] = ObservedUpstream(name=name, servers=servers)
-    return out
+            raise ParseError(f"expected an upstream name, got {head!r}")
+        yield name, block
+
+
+def parse_detail_block(name: str, block: str) -> ObservedUpstream:
+    """One block of `GET /detail` (its first line is the name, see `detail_blocks`)."""
+    lines = [line for line in block.split("\n") if line.strip()]
+    if len(lines) < 2:
+        raise ParseError(f"upstream {name!r} is listed without any server")
+    servers = tuple(sorted(_parse_detail_server(line) for line in lines[1:]))
+    return ObservedUpstream(name=name, servers=servers)
 
 
 def parse_list_classic(text: str) -> set[str]:

@@ -261,7 +261,7 @@ class ProxyWorker:
     def _resync(self) -> None:
         """Full read; any difference from what we believed is drift, repaired by the plan."""
         started = self._clock()
-        observed = self.client.observe()
+        observed = self.client.observe(known=self._cache)
         self._observe_request("GET", "ok", self._clock() - started)
         previous, first = self._cache, self._cache is None and self.up is not None
         self._came_up()

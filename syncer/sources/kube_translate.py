@@ -16,7 +16,6 @@ servers (the policy keeps them as backup for `drain-seconds`).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -336,12 +335,18 @@ def _slice_endpoints(slice_: Obj, port_name: str, allow_fqdn: bool) -> Iterable[
     return out
 
 
-def servers_for(spec: ServiceSpec, slices: Iterable[Obj], options: Options) -> tuple[Server, ...]:
+def servers_for(
+    spec: ServiceSpec,
+    slices: Iterable[Obj],
+    options: Options,
+    previous: Upstream | None = None,
+) -> tuple[Server, ...]:
     """The servers of one service: ready endpoints; if none, serving terminating ones.
     With `drain_as_backup`, a service that has ready endpoints also keeps its serving
     terminating ones, as draining servers.
     Raises _Malformed or _BadEndpoint (`build_upstream` turns them into Rejections)."""
     endpoints = [e for s in slices for e in _slice_endpoints(s, spec.port_name, options.allow_fqdn)]
+    known = {s.address: s for s in previous.servers} if previous is not None else {}
     chosen = [e for e in endpoints if e.ready and not e.terminating]
     draining: list[_Endpoint] = []
     if chosen and spec.traffic.drain_as_backup:
@@ -353,25 +358,44 @@ def servers_for(spec: ServiceSpec, slices: Iterable[Obj], options: Options) -> t
     # is nowhere ready.
     for e, is_draining in [*((e, False) for e in chosen), *((e, True) for e in draining)]:
         try:
-            server = _server(e, spec.weight, spec.max_fails, spec.fail_timeout, is_draining)
+            server = _server(e, spec, is_draining, known)
         except ModelError as err:
             raise _BadEndpoint(f"endpoint {_show(e.address)}: {err}") from err
         servers.setdefault(server.address, server)  # dual slices may repeat an address
     return tuple(servers.values())
 
 
-@functools.lru_cache(maxsize=65536)
-def _server(e: _Endpoint, weight: int, max_fails: int, fail_timeout: int, draining: bool) -> Server:
-    """One endpoint's Server, memoised: every event on a slice rebuilds its service's
-    servers, and validating each one again was a quarter of the syncer's CPU in a
-    rolling restart. Servers are immutable, so sharing them is safe; an invalid one
-    raises every time (lru_cache does not keep exceptions)."""
+def _server(
+    e: _Endpoint, spec: ServiceSpec, draining: bool, previous: Mapping[str, Server]
+) -> Server:
+    """One endpoint's Server, the service's current one when nothing in it changed:
+    every event on a slice rebuilds its service's servers, and building and
+    validating each one again was a quarter of the syncer's CPU in a rolling
+    restart. Servers are immutable, so sharing them is safe. A raw address that is
+    not in canonical form simply misses and is built (and checked) anew."""
+    host = f"[{e.address}]" if ":" in e.address else e.address
+    old = previous.get(f"{host}:{e.port}")
+    if (
+        old is not None
+        and old.weight == spec.weight
+        and old.max_fails == spec.max_fails
+        and old.fail_timeout == spec.fail_timeout
+        and old.allow_hostname == e.fqdn
+        and old.zone == e.zone
+        and old.node == e.node
+        and old.for_zones == e.for_zones
+        and old.draining == draining
+        and not old.backup
+        and not old.down
+        and not old.max_conns
+    ):
+        return old
     return Server(
         host=e.address,
         port=e.port,
-        weight=weight,
-        max_fails=max_fails,
-        fail_timeout=fail_timeout,
+        weight=spec.weight,
+        max_fails=spec.max_fails,
+        fail_timeout=spec.fail_timeout,
         allow_hostname=e.fqdn,
         zone=e.zone,
         node=e.node,
@@ -413,12 +437,16 @@ def service_of(slice_: Obj) -> str | None:
 
 
 def build_upstream(
-    spec: ServiceSpec, slices: Iterable[Obj], options: Options
+    spec: ServiceSpec,
+    slices: Iterable[Obj],
+    options: Options,
+    previous: Upstream | None = None,
 ) -> Upstream | Rejection | None:
     """The upstream for a service; None when it has no usable endpoint (the caller
-    applies the empty-result policy); a Rejection when its data cannot be used."""
+    applies the empty-result policy); a Rejection when its data cannot be used.
+    `previous`: the service's current upstream, whose unchanged servers are reused."""
     try:
-        servers = servers_for(spec, slices, options)
+        servers = servers_for(spec, slices, options, previous)
         if not servers:
             return None
         return Upstream(spec.upstream, servers, spec.directives, spec.traffic)

@@ -202,7 +202,8 @@ class KubernetesSource(Source):
         if isinstance(spec, Rejection):
             return self.table.update(key, spec)
         slices = self._slices_by_service.get(key, {}).values()
-        return self.table.update(key, build_upstream(spec, slices, self.options))
+        previous = self.table.upstreams.get(key)
+        return self.table.update(key, build_upstream(spec, slices, self.options, previous))
 
     def status(self) -> dict[str, Any]:
         out = super().status()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from syncer.model import Server, Upstream
+from syncer.model import ObservedUpstream, Server, Upstream
 from syncer.proxy.dyups import (
     ClientSettings,
     DyupsClient,
@@ -403,3 +403,48 @@ def test_only_requests_large_enough_to_be_cut_are_read_back():
                 assert sim.stats.gets - gets == (1 if read_back else 0), (threshold, read_back)
             finally:
                 client.close()
+
+
+def _detail(**upstreams: list[str]) -> str:
+    return "".join(
+        name
+        + "\n"
+        + "".join(f"server {a} weight=1 max_fails=1 fail_timeout=10\n" for a in addrs)
+        + "\n"
+        for name, addrs in upstreams.items()
+    )
+
+
+def test_detail_reads_reuse_unchanged_blocks_and_parse_only_the_changed_ones(server):
+    c = client(server, flavour=Flavour.CLASSIC)
+    server.script = [(200, _detail(a=["10.0.0.1:80"], b=["10.0.0.2:80"]))]
+    first = c.observe()
+    assert [s.address for s in first["a"].servers] == ["10.0.0.1:80"]
+    server.script = [(200, _detail(a=["10.0.0.1:80"], b=["10.0.0.3:80"], c=["10.0.0.4:80"]))]
+    second = c.observe()
+    assert second["a"] is first["a"]  # same block: not parsed again
+    assert [s.address for s in second["b"].servers] == ["10.0.0.3:80"]
+    assert set(second) == {"a", "b", "c"}
+    server.script = [(200, _detail(c=["10.0.0.4:80"]))]
+    assert set(c.observe()) == {"c"}  # blocks gone from the answer are gone from the result
+
+
+def test_a_detail_read_equal_to_what_the_caller_knows_returns_its_objects(server):
+    c = client(server, flavour=Flavour.CLASSIC)
+    known = {"a": ObservedUpstream("a", (Server("10.0.0.1", 80),))}
+    server.script = [(200, _detail(a=["10.0.0.1:80"], b=["10.0.0.2:80"]))]
+    seen = c.observe(known=known)
+    assert seen["a"] is known["a"]  # no second copy of what the worker holds
+    known_b = ObservedUpstream("b", (Server("10.0.0.9", 80),))
+    server.script = [(200, _detail(a=["10.0.0.1:80"], b=["10.0.0.5:80"]))]
+    seen = c.observe(known={**known, "b": known_b})
+    assert seen["b"] is not known_b and seen["b"].servers == (Server("10.0.0.5", 80),)
+
+
+def test_a_bad_detail_block_is_a_protocol_error_and_the_next_read_starts_over(server):
+    c = client(server, flavour=Flavour.CLASSIC)
+    server.script = [(200, _detail(a=["10.0.0.1:80"]) + "b\nserver nonsense\n\n")]
+    with pytest.raises(ProxyProtocolError):
+        c.observe()
+    server.script = [(200, _detail(a=["10.0.0.1:80"]))]
+    assert set(c.observe()) == {"a"}

@@ -2,6 +2,7 @@
 
 import pytest
 
+from syncer.model import Upstream
 from syncer.sources.kube_translate import (
     Options,
     Rejection,
@@ -502,3 +503,29 @@ def test_draining_servers_keep_zone_node_and_hints():
     u = upstream_of(drains, [slc("a", [ep("10.0.0.1"), leaving])])
     (server,) = [s for s in u.servers if s.draining]
     assert (server.zone, server.node, server.for_zones) == ("z2", "n2", ("z2",))
+
+
+def test_a_rebuild_reuses_the_unchanged_servers_of_the_previous_upstream():
+    spec = parse_service(svc(annotations={f"{P}/upstream": "true"}), OPT)
+    assert not isinstance(spec, Rejection) and spec is not None
+    v6 = slc("b", [ep("fd00::1")], address_type="IPv6")
+    slices = [slc("a", [ep("10.0.0.1"), ep("10.0.0.2")]), v6]
+    first = build_upstream(spec, slices, OPT)
+    assert isinstance(first, Upstream)
+    again = build_upstream(spec, slices, OPT, first)
+    assert isinstance(again, Upstream) and again == first
+    assert all(a is b for a, b in zip(again.servers, first.servers, strict=True))
+    # A change in anything a Server holds builds that one anew, and only that one.
+    moved = [slc("a", [ep("10.0.0.1", zone="z2"), ep("10.0.0.2")]), v6]
+    third = build_upstream(spec, moved, OPT, first)
+    assert isinstance(third, Upstream)
+    by_address = {s.address: s for s in third.servers}
+    assert by_address["10.0.0.1:8080"].zone == "z2"
+    before = {s.address: s for s in first.servers}
+    assert by_address["10.0.0.1:8080"] is not before["10.0.0.1:8080"]
+    assert by_address["10.0.0.2:8080"] is before["10.0.0.2:8080"]
+    assert by_address["[fd00::1]:8080"] is before["[fd00::1]:8080"]
+    heavier = parse_service(svc(annotations={f"{P}/upstream": "true", f"{P}/weight": "5"}), OPT)
+    assert not isinstance(heavier, Rejection) and heavier is not None
+    fourth = build_upstream(heavier, slices, OPT, first)
+    assert isinstance(fourth, Upstream) and {s.weight for s in fourth.servers} == {5}
