@@ -8,10 +8,14 @@ BENCHMARKS.md. Nothing is asserted: targets are for reading.
 replaces (`bench/baselines/`: full push, poll and diff, every `--interval` seconds) and
 prints one table with the ratios; it is not part of `all`.
 
+`limits` (not in `all`) looks for how many proxies × upstreams one syncer drives with a
+p99 lag of at most 1 s (`bench/limits.py`).
+
 The simulated proxies run in K child processes, round-robin (`bench/simproc.py`), as
 real proxies are separate nginx processes: by default one per CPU, at most one per
 proxy; `--sim-processes 0` runs them in the bench process, with the driver and the
-fakes under one GIL, as every run before it did.
+fakes under one GIL, as every run before it did. `--proxy-url URL …` runs `change` or
+`limits` against real dyups proxies instead (`bench/httpwatch.py`).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import discovery, scale, scenarios
+from bench import discovery, limits, scale, scenarios
 from bench.baselines import scenario as baselines
 from bench.harness import (
     POLL_INTERVAL,
+    REAL_PREFIX,
     REPO,
     BenchError,
     Options,
@@ -47,8 +52,33 @@ SCENARIOS: dict[str, Callable[[Options], Result]] = {
     "churn": scenarios.churn,
     "reload": scenarios.reload,
     "scale": scale.scale,
+    "limits": limits.limits,
 }
-DISCOVERY = {"kube-rollout", "consul-flips"}
+# What keeps a scenario from running against real proxies (--proxy-url).
+NEEDS_SIMULATORS = {
+    "cold": "its figures are per nginx worker (every worker holds every upstream, and its "
+    "content), which only the simulators' applied events show",
+    "steady": "it counts the requests each proxy answers, which only the simulators count",
+    "kube-rollout": "its lag matches each POST a proxy applied (the simulators' applied events) "
+    "to the changes; reads over HTTP show states, not POSTs",
+    "consul-flips": "its lag matches each POST a proxy applied (the simulators' applied events) "
+    "to the changes; reads over HTTP show states, not POSTs",
+    "churn": "its lag matches each POST a proxy applied (the simulators' applied events) to "
+    "the events; reads over HTTP show states, not POSTs",
+    "reload": "it reloads the proxies (a simulator's reload) and times the repair on every "
+    "nginx worker",
+    "scale": "it checks every nginx worker's content and counts requests, from the simulators",
+    "baselines": "each strategy runs against fresh, empty simulators",
+    "all": "it runs scenarios that need simulators; run change or limits",
+}
+# How each scenario writes its command line (default: scenarios.command).
+COMMANDS: dict[str, Callable[[str, Options], str]] = {
+    "kube-rollout": discovery.command,
+    "consul-flips": discovery.command,
+    "baselines": baselines.command,
+    "scale": scale.command,
+    "limits": limits.command,
+}
 # The issues' parameters. kube-rollout: services × endpoints, rollout duration;
 # consul-flips: services × instances, 50 flips/s for 60 s, then 20 s at rest.
 DEFAULTS = {
@@ -63,6 +93,9 @@ DEFAULTS = {
     "churn": Options(10, 200, 10, 0, 60.0, kick=True, debounce=None, rate=500),
     "reload": Options(10, 200, 10, 30, 0.0, kick=True, debounce=None),
     "scale": Options(2, 0, 0, 0, 0.0, kick=True, debounce=None, rest=30),
+    # limits: each size of the grid (limits.DEFAULT_PROXIES × DEFAULT_UPSTREAMS) × 10 servers,
+    # 20 changes/s for 30 s.
+    "limits": limits.LimitsOptions(0, 0, 10, 0, 30.0, kick=True, debounce=None, rate=20),
 }
 # What `all` runs: (scenario, settings on top of its defaults). The last four are
 # diagnostics: the lag of a change when the previous one's kick has finished; the
@@ -110,11 +143,42 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "`baselines` (not in `all`): 10 × 200 × 10, a single-upstream change every 2 s on "
         "average for 60 s, run against dyups-syncer, a full push and a poll-and-diff every "
         "--interval (10 s), each with fresh simulators; one table with their lag, requests, "
-        "CPU and ratios.",
+        "CPU and ratios. "
+        "`limits` (not in `all`): for each size of a grid (default: proxies 10, 25, 50, 100, "
+        "200 × upstreams 500, 2,000; × --servers 10), a cold sync, then --rate (20) "
+        "single-upstream changes/s for --duration (30 s): cold sync time, lag until every "
+        "proxy accepted each change, syncer CPU and peak RSS, and whether p99 ≤ 1 s; a size "
+        "is skipped once a size no larger in either dimension failed. "
+        "--proxy-url URL … runs change or limits against real dyups proxies instead of "
+        "simulators; each proxy is read over HTTP to time the changes.",
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    p.add_argument("--proxies", type=int, help="simulated proxies")
-    p.add_argument("--upstreams", type=int, help="upstreams in the file source; services opted in")
+    p.add_argument(
+        "--proxies",
+        type=_numbers,
+        help="simulated proxies; limits: a list, e.g. 10,50,200",
+    )
+    p.add_argument(
+        "--upstreams",
+        type=_numbers,
+        help="upstreams in the file source; services opted in; limits: a list, e.g. 500,2000",
+    )
+    p.add_argument(
+        "--grid",
+        type=_grid,
+        metavar="PxU,…",
+        help="limits: the sizes, proxies x upstreams, e.g. 10x500,50x2000 "
+        "(instead of the --proxies × --upstreams lists)",
+    )
+    p.add_argument(
+        "--proxy-url",
+        nargs="+",
+        action="extend",
+        metavar="URL",
+        help="change, limits: real dyups proxies (their dyups_interface, e.g. "
+        f"http://10.0.0.5:8081), instead of simulators; the bench's upstreams are named "
+        f"{REAL_PREFIX}… and no other upstream is touched",
+    )
     p.add_argument(
         "--servers", type=int, help="servers per upstream; endpoints or instances per service"
     )
@@ -128,7 +192,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         metavar="SECONDS",
         help="steady: idle window; kube-rollout: the rolling restart; consul-flips: the flips; "
-        "baselines: the window of changes; churn: the events",
+        "baselines: the window of changes; churn: the events; limits: the changes",
     )
     p.add_argument(
         "--interval",
@@ -140,7 +204,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rate",
         type=float,
         metavar="PER_SECOND",
-        help="consul-flips: health flips; churn: endpoint events",
+        help="consul-flips: health flips; churn: endpoint events; limits: upstream changes",
     )
     p.add_argument(
         "--rest",
@@ -175,16 +239,19 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "process, with the driver and the fakes under one GIL, as before",
     )
     args = p.parse_args(argv)
-    limits = {
-        "proxies": (1, 100),
+    _real(p, args)
+    _sizes(p, args)
+    bounds = {
+        "proxies": (1, limits.MAX_PROXIES if args.scenario == "limits" else 100),
         "upstreams": (1, 60_000),
         "servers": (1, 254),
         "changes": (1, scenarios.MAX_CHANGES),
         "sim_processes": (0, 100),
     }
-    for name, (low, high) in limits.items():
+    for name, (low, high) in bounds.items():
         value = getattr(args, name)
-        if value is not None and not low <= value <= high:
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and not low <= v <= high for v in values):
             p.error(f"--{name.replace('_', '-')} must be between {low} and {high}")
     if args.duration is not None and args.duration <= 0:
         p.error("--duration must be positive")
@@ -208,21 +275,88 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _numbers(text: str) -> list[int]:
+    """`10` or `10,25,50`."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a list like 10,25: {text!r}") from None
+
+
+def _grid(text: str) -> list[tuple[int, int]]:
+    """`10x500,50x2000`: (proxies, upstreams) pairs."""
+    try:
+        pairs = [part.lower().split("x") for part in text.split(",")]
+        return [(int(p), int(u)) for p, u in pairs]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a grid like 10x500,50x2000: {text!r}") from None
+
+
+def _sizes(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Lists of proxies and upstreams, and --grid, are for limits only; there they
+    become `args.grid` (and --grid's numbers are checked like the lists')."""
+    if args.scenario != "limits":
+        if args.grid is not None:
+            p.error("--grid is for limits only")
+        for name in ("proxies", "upstreams"):
+            value = getattr(args, name)
+            if value is not None and len(value) > 1:
+                p.error(f"--{name}: a list is for limits only")
+            setattr(args, name, None if value is None else value[0])
+        return
+    if args.grid is not None and (args.proxies or args.upstreams):
+        p.error("limits: give --grid, or --proxies and --upstreams lists, not both")
+    if args.grid is None:
+        proxies = args.proxies or list(limits.DEFAULT_PROXIES)
+        upstreams = args.upstreams or list(limits.DEFAULT_UPSTREAMS)
+        if args.proxy_url:
+            proxies = [len(args.proxy_url)]
+        args.grid = [(n, u) for n in proxies for u in upstreams]
+        args.proxies, args.upstreams = proxies, upstreams
+    else:
+        args.proxies = [n for n, _ in args.grid]
+        args.upstreams = [u for _, u in args.grid]
+
+
+def _real(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--proxy-url: only where the scenario can read real proxies, and alone."""
+    if not args.proxy_url:
+        return
+    if args.scenario in NEEDS_SIMULATORS:
+        p.error(
+            f"--proxy-url: {args.scenario} needs simulated proxies: "
+            f"{NEEDS_SIMULATORS[args.scenario]}"
+        )
+    bad = [url for url in args.proxy_url if not url.startswith(("http://", "https://"))]
+    if bad:
+        p.error(f"--proxy-url: not an http:// or https:// URL: {' '.join(bad)}")
+    if len(set(args.proxy_url)) != len(args.proxy_url):
+        p.error("--proxy-url: a URL is given twice")
+    if args.sim_processes is not None:
+        p.error("--sim-processes: there are no simulators with --proxy-url")
+    if args.proxies is not None or args.grid is not None:
+        p.error("--proxy-url: the proxies are the URLs given; leave out --proxies and --grid")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["proxies", "upstreams", "servers", "changes", "duration", "debounce"]
     names += ["poll_interval", "gap", "rate", "rest", "sim_processes", "interval"]
     found = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_kick and args.scenario != "all":
         found["kick"] = False
+    if args.proxy_url:
+        found["proxy_urls"] = tuple(args.proxy_url)
+        found["proxies"] = len(args.proxy_url)
+    if args.scenario == "limits":
+        # The grid is the sizes; `proxies` and `upstreams` keep the largest, for the record.
+        found["grid"] = tuple(args.grid)
+        found["proxies"] = max(n for n, _ in args.grid)
+        found["upstreams"] = max(u for _, u in args.grid)
     return found
 
 
 def _run(scenario: str, opts: Options) -> Result:
-    describe = discovery.command if scenario in DISCOVERY else scenarios.command
-    if scenario == "baselines":
-        describe = baselines.command
-    if scenario == "scale":
-        describe = scale.command
+    describe = COMMANDS.get(scenario, scenarios.command)
     print(f"running: {describe(scenario, opts)}", file=sys.stderr, flush=True)
     with OtherLoad() as other:
         result = SCENARIOS[scenario](opts)

@@ -3,9 +3,10 @@
 The simulated proxies have the module's defaults (2 nginx workers, `dyups_shm_zone_size`
 2 MiB, `dyups_read_msg_timeout` 1 s, no nginx.conf upstream). They run in K child
 processes (`bench.simproc`; by default one per CPU, at most one per proxy), or with
-K = 0 in the bench process, as they all did before. The syncer runs as
-`python -m syncer.cli run -c CONFIG`, its own process, so that its CPU time and memory
-can be read from /proc.
+K = 0 in the bench process, as they all did before. With `--proxy-url` there are no
+simulators: the syncer drives the real dyups interfaces given, and `bench.httpwatch`
+reads them over HTTP. The syncer runs as `python -m syncer.cli run -c CONFIG`, its own
+process, so that its CPU time and memory can be read from /proc.
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
-from bench.simproc import BenchError as BenchError
+from bench.httpwatch import HttpWatch, KeyOf, addresses
 from bench.simproc import (
+    NO_BODY,
     Sim,
     SimProcesses,
     default_processes,
     events_since,
     process_cpu_seconds,
 )
+from bench.simproc import BenchError as BenchError
+from syncer.proxy.dyups import ClientSettings, DyupsClient, ProxyError
 from syncer.testing.dyups import AppliedEvent, DyupsSimulator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +57,13 @@ STOP_TIMEOUT = 15.0  # after SIGTERM, before SIGKILL
 APPLIED_LIMIT = 2_000_000  # events kept per simulator; far above what a run produces
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_DEBOUNCE = 0.1  # the syncer's default
+# On real proxies every upstream name starts with this, and the syncer is told to own
+# exactly these names (`owned_prefix`): upstreams of an earlier run, which dyups keeps
+# until a reload, are the bench's to overwrite or delete, and no other upstream of the
+# proxy is ever touched. (Without it a new run, with a new snapshot, would find its
+# own names present and not created by it, and leave them alone.) `u` alone would
+# claim any name starting with u. The simulators' names stay `u00000`, `u00001`, ….
+REAL_PREFIX = "dyups-bench-"
 T = TypeVar("T")
 
 
@@ -70,6 +81,11 @@ class Options:
     rate: float = 0.0  # consul-flips: health flips per second; churn: endpoint events
     rest: float = 0.0  # consul-flips: idle window after the flips; scale: after each sync
     sim_processes: int | None = None  # None: one per CPU, at most one per proxy; 0: none
+    proxy_urls: tuple[str, ...] = ()  # real dyups proxies (--proxy-url): no simulators
+
+    @property
+    def name_prefix(self) -> str:
+        return REAL_PREFIX if self.proxy_urls else ""
 
     @property
     def debounce_s(self) -> float:
@@ -83,6 +99,8 @@ class Options:
         return min(self.sim_processes, self.proxies)
 
     def where_simulators(self) -> str:
+        if self.proxy_urls:
+            return "no simulators: real dyups proxies at the URLs given, read over HTTP"
         k = self.processes
         if k == 0:
             return "the simulators run in the bench process"
@@ -108,16 +126,24 @@ class Result:
 # ----------------------------------------------------------------- upstreams
 
 
-def upstream_name(k: int) -> str:
-    return f"u{k:05d}"
+def upstream_name(k: int, prefix: str = "") -> str:
+    """`prefix`: `Options.name_prefix` (REAL_PREFIX on real proxies)."""
+    return f"{prefix}u{k:05d}"
 
 
 def base_servers(k: int, servers: int) -> list[str]:
     return [f"10.{k // 250}.{k % 250}.{j + 1}:8080" for j in range(servers)]
 
 
-def base_spec(upstreams: int, servers: int) -> dict[str, list[str]]:
-    return {upstream_name(k): base_servers(k, servers) for k in range(upstreams)}
+def base_spec(upstreams: int, servers: int, prefix: str = "") -> dict[str, list[str]]:
+    return {upstream_name(k, prefix): base_servers(k, servers) for k in range(upstreams)}
+
+
+def proxies_argument(opts: Options) -> str:
+    """`--proxies N`, or `--proxy-url URL …`, for a scenario's command line."""
+    if opts.proxy_urls:
+        return "--proxy-url " + " ".join(opts.proxy_urls)
+    return f"--proxies {opts.proxies}"
 
 
 def upstream_yaml(name: str, servers: Sequence[str]) -> str:
@@ -130,16 +156,17 @@ def upstream_yaml(name: str, servers: Sequence[str]) -> str:
 # ----------------------------------------------------------------- figures
 
 
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The `p`th percentile (nearest rank) of values sorted ascending; 0 for none."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] if ordered else 0.0
+
+
 def percentiles_ms(values: Sequence[float]) -> str:
     """p50 / p90 / p99 / max in milliseconds (nearest rank)."""
     if not values:
         return "—"
     ordered = sorted(values)
-
-    def rank(p: float) -> float:
-        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-    picks = (rank(50), rank(90), rank(99), ordered[-1])
+    picks = (*(percentile(ordered, p) for p in (50, 90, 99)), ordered[-1])
     return " / ".join(f"{x * 1000:.1f}" for x in picks)
 
 
@@ -191,18 +218,25 @@ class Tracker:
     """
 
     def __init__(
-        self, sim: Sim, key: Callable[[AppliedEvent], Hashable | None], start: int = 0
+        self,
+        sim: Sim,
+        key: Callable[[AppliedEvent], Hashable | None],
+        start: int = 0,
+        keep: str | None = None,
     ) -> None:
-        """`start`: skip the simulator's first `start` events (see `applied_count`)."""
+        """`start`: skip the simulator's first `start` events (see `applied_count`);
+        `keep`: the part of each body `key` needs, as a regular expression (see
+        `events_since`); None: whole bodies."""
         self.sim = sim
         self._key = key
         self._seen = start
+        self._keep = keep
         self.first: dict[tuple[Hashable, int], float] = {}
         self.per_worker: Counter[int] = Counter()
 
     def update(self, wait: float = 0.0) -> Tracker:
         """Read the new events; if there are none, wait up to `wait` seconds for one."""
-        events, total = events_since(self.sim, self._seen, wait)
+        events, total = events_since(self.sim, self._seen, wait, self._keep)
         if total >= APPLIED_LIMIT:
             raise BenchError("the simulator dropped applied events; run fewer changes")
         for event in events:
@@ -230,6 +264,17 @@ class Tracker:
 def applied_count(sim: Sim) -> int:
     """How many applied events the simulator holds (none cross the pipe)."""
     return events_since(sim, APPLIED_LIMIT)[1]
+
+
+class Watch(Protocol):
+    """When one proxy accepted each change, by key: a `Tracker` of a simulator's applied
+    events, or an `HttpWatch` of a real proxy (see `Bench.watches`)."""
+
+    def update(self, wait: float = 0.0) -> Watch: ...
+
+    def accepted_at(self, key: Hashable) -> float | None: ...
+
+    def everywhere_at(self, key: Hashable) -> float | None: ...
 
 
 class PostLog:
@@ -477,15 +522,19 @@ class Bench:
     """One run: a temp dir, N simulated proxies and, once started, one syncer process.
 
     The simulators run in `processes` child processes (None: one per CPU, at most one
-    per proxy), or in this one with 0. Leaving the `with` block stops the syncer
+    per proxy), or in this one with 0. With `urls` (real dyups proxies) there are no
+    simulators and `proxies` is ignored. Leaving the `with` block stops the syncer
     (SIGTERM, then SIGKILL), then the simulators, then removes the temp dir, also on
     errors.
     """
 
-    def __init__(self, proxies: int, processes: int | None = None) -> None:
-        self._proxies = proxies
+    def __init__(
+        self, proxies: int, processes: int | None = None, urls: Sequence[str] = ()
+    ) -> None:
+        self._urls = list(urls)
+        self._proxies = 0 if urls else proxies
         self.processes = default_processes(proxies) if processes is None else processes
-        self.processes = min(self.processes, proxies)
+        self.processes = min(self.processes, self._proxies)
         self._stack = contextlib.ExitStack()
         self.sims: list[Sim] = []
         self.sim_processes: SimProcesses | None = None
@@ -493,12 +542,14 @@ class Bench:
         self.dir = Path(".")
         self.upstreams_file = Path("upstreams.yaml")
         self.listen = ""
+        self._counted_from: Metrics | None = None  # real proxies: see `reset_counts`
 
     def __enter__(self) -> Bench:
         try:
             tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="dyups-bench-"))
             self.dir = Path(tmp)
             self.upstreams_file = self.dir / "upstreams.yaml"
+            check_interfaces(self._urls)
             settings = [simulator_settings(i) for i in range(self._proxies)]
             if self.processes:
                 children = SimProcesses(settings, self.processes)
@@ -527,13 +578,23 @@ class Bench:
         """Enter `cm` now; it is left with the run, after the syncer stops (LIFO)."""
         return self._stack.enter_context(cm)
 
-    def write_upstreams_text(self, entries: Iterable[str]) -> float:
-        """`write_upstreams` from entries rendered by `upstream_yaml`; returns
-        time.monotonic() just before the rename."""
-        tmp = self.upstreams_file.with_suffix(".tmp")
+    @property
+    def real(self) -> bool:
+        """The proxies are real dyups interfaces (`--proxy-url`), not simulators."""
+        return bool(self._urls)
+
+    @property
+    def urls(self) -> list[str]:
+        return self._urls or [sim.url for sim in self.sims]
+
+    def write_upstreams_text(self, entries: Iterable[str], path: Path | None = None) -> float:
+        """`write_upstreams` from entries rendered by `upstream_yaml`, to `path` (default:
+        the file source's file); returns time.monotonic() just before the rename."""
+        path = path or self.upstreams_file
+        tmp = path.with_suffix(".tmp")
         tmp.write_text("upstreams:\n" + "".join(entries))
         stamp = time.monotonic()
-        os.replace(tmp, self.upstreams_file)
+        os.replace(tmp, path)
         return stamp
 
     def write_upstreams(self, spec: dict[str, list[str]]) -> float:
@@ -557,8 +618,8 @@ class Bench:
             "sources": sources,
             "proxies": {
                 "static": [
-                    {"url": sim.url, "name": f"p{i}", "kick": opts.kick}
-                    for i, sim in enumerate(self.sims)
+                    {"url": url, "name": proxy_label(i), "kick": opts.kick}
+                    for i, url in enumerate(self.urls)
                 ]
             },
             "snapshot_path": str(self.dir / "snapshot.json"),
@@ -567,6 +628,11 @@ class Bench:
         }
         if opts.debounce is not None:
             config["debounce"] = opts.debounce
+        if self.real:
+            # See REAL_PREFIX. The breaker stays for what the bench does not own; an
+            # earlier, larger run's upstreams (all prefixed) may go at once.
+            config["owned_prefix"] = REAL_PREFIX
+            config["max_delete_fraction"] = 1.0
         path = self.dir / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         syncer = SyncerProcess(path, self.dir / "syncer.log")
@@ -581,14 +647,17 @@ class Bench:
         if self.sim_processes is not None:
             self.sim_processes.check_alive()
 
-    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        """Poll `predicate` every 20 ms until it holds; BenchError on timeout or a dead syncer."""
+    def wait(
+        self, predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.02
+    ) -> None:
+        """Poll `predicate` every `every` seconds until it holds; BenchError on timeout or
+        a dead syncer."""
         deadline = time.monotonic() + timeout
         while not predicate():
             self.check_alive()
             if time.monotonic() > deadline:
                 raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(0.02)
+            time.sleep(every)
 
     def wait_sim(self, sim: Sim, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """Wait on the simulator's change notifications in this process; a simulator in
@@ -600,10 +669,10 @@ class Bench:
                 raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def wait_tracker(
-        self, tracker: Tracker, done: Callable[[], bool], timeout: float, what: str
+        self, tracker: Watch, done: Callable[[], bool], timeout: float, what: str
     ) -> None:
         """Until `done()` holds, reading the tracker's new events as they come (the wait
-        is in the simulator's process: no polling delay)."""
+        is in the simulator's process: no polling delay), or a watch's new answers."""
         deadline = time.monotonic() + timeout
         tracker.update()
         while not done():
@@ -629,6 +698,8 @@ class Bench:
         """The bench's CPU since `since` (from `cpu_seconds`). `inside` names what the bench
         process runs with the simulators in it, `outside` without them."""
         own, children = (now - then for now, then in zip(self.cpu_seconds(), since, strict=True))
+        if self.real:
+            return [(f"bench process CPU ({outside}, HTTP watches){suffix}", f"{own:.2f} s")]
         if self.sim_processes is None:
             return [(f"bench process CPU ({inside}){suffix}", f"{own:.2f} s")]
         return [
@@ -636,17 +707,82 @@ class Bench:
             (f"simulator processes CPU ({self.processes} processes){suffix}", f"{children:.2f} s"),
         ]
 
-    def wait_synced(self, names: set[str], timeout: float) -> list[Tracker]:
+    def wait_synced(self, names: set[str], timeout: float, every: float = 0.02) -> list[Tracker]:
         """Until every nginx worker of every proxy applied a POST of each name."""
         trackers = [
-            Tracker(sim, lambda e: e.name if e.name in names else None) for sim in self.sims
+            Tracker(sim, lambda e: e.name if e.name in names else None, keep=NO_BODY)
+            for sim in self.sims
         ]
         self.wait(
             lambda: all(t.update().holds(len(names)) for t in trackers),
             timeout,
             f"{len(names)} upstreams on every worker of every proxy",
+            every,
         )
         return trackers
+
+    def wait_in_sync(
+        self, spec: dict[str, list[str]], timeout: float, every: float = 0.02
+    ) -> float:
+        """Until every proxy holds `spec`; returns the seconds from the syncer's start.
+
+        Simulators: until every nginx worker of every proxy applied a POST of each name
+        (`wait_synced`), to the last application. Real proxies: until each one's
+        `/detail` (head: `/list`) shows exactly `spec` among the bench's names, to the
+        read that showed it on the last proxy (read every `every` seconds).
+        """
+        assert self.syncer is not None, "start the syncer first"
+        if not self.real:
+            trackers = self.wait_synced(set(spec), timeout, every)
+            return max(max(t.first.values()) for t in trackers) - self.syncer.started
+        want = {name: tuple(sorted(servers)) for name, servers in spec.items()}
+        pending = [DyupsClient(ClientSettings(url=url)) for url in self.urls]
+        clients = list(pending)
+
+        def served() -> bool:
+            pending[:] = [client for client in pending if not _serves(client, want)]
+            return not pending
+
+        try:
+            self.wait(served, timeout, f"{len(spec)} upstreams on every proxy", every)
+        finally:
+            for client in clients:
+                client.close()
+        return time.monotonic() - self.syncer.started
+
+    @property
+    def synced_means(self) -> str:
+        """What `wait_in_sync` times: from the syncer's start until …"""
+        if self.real:
+            return "a read of every proxy shows every upstream"
+        return "every nginx worker of every proxy holds every upstream"
+
+    def watches(
+        self,
+        sim_key: Callable[[AppliedEvent], Hashable | None],
+        http_key: KeyOf,
+        keep: str | None = None,
+    ) -> list[Watch]:
+        """One per proxy, to read when it accepted each change made from now on: a
+        `Tracker` of each simulator's events from now on (`sim_key`, `keep`: see
+        `Tracker`), or an `HttpWatch` of each real proxy (`http_key`), reading until the
+        run ends (what the proxy serves now is no change)."""
+        if not self.real:
+            return [Tracker(sim, sim_key, applied_count(sim), keep) for sim in self.sims]
+        watches: list[Watch] = []
+        for url in self.urls:
+            watch = HttpWatch(url, http_key)
+            self._stack.callback(watch.close)
+            watches.append(watch.start())
+        return watches
+
+    def reset_counts(self) -> None:
+        """Count requests from now on (`proxy_rows`): the simulators' stats are reset;
+        real proxies keep none, so the syncer's own counts are read now, and subtracted."""
+        if self.real:
+            self._counted_from = self.metrics()
+        for sim in self.sims:
+            sim.reset_stats()
 
     def metrics(self) -> Metrics:
         """The syncer's /metrics, now."""
@@ -654,7 +790,10 @@ class Bench:
             return Metrics(answer.read().decode())
 
     def proxy_rows(self, syncer: SyncerProcess) -> list[tuple[str, str]]:
-        """Request counts from the simulators' stats, and the syncer's memory and log."""
+        """Request counts from the simulators' stats (real proxies: the syncer's own
+        counts, see `reset_counts`), and the syncer's memory."""
+        if self.real:
+            return self._real_proxy_rows(syncer)
         stats = [sim.stats for sim in self.sims]
         return [
             ("POSTs per proxy, mean (min–max)", spread([s.posts for s in stats])),
@@ -663,3 +802,78 @@ class Bench:
             ("queue overflows (`alert` 500s), all proxies", str(sum(s.alerts for s in stats))),
             ("syncer peak RSS (VmHWM)", f"{syncer.peak_rss_mib():.1f} MiB"),
         ]
+
+    def _real_proxy_rows(self, syncer: SyncerProcess) -> list[tuple[str, str]]:
+        now, then = self.metrics(), self._counted_from or Metrics("")
+
+        def per_proxy(name: str, **labels: str) -> list[float]:
+            return [
+                now.total(name, proxy=label, **labels) - then.total(name, proxy=label, **labels)
+                for label in map(proxy_label, range(len(self.urls)))
+            ]
+
+        requests = "dyups_syncer_requests_total"
+        return [
+            (
+                "POSTs per proxy (the syncer's count), mean (min–max)",
+                spread(per_proxy(requests, method="POST")),
+            ),
+            (
+                "DELETEs per proxy (the syncer's count), mean (min–max)",
+                spread(per_proxy(requests, method="DELETE")),
+            ),
+            (
+                "queue overflows (`alert` 500s the syncer got), all proxies",
+                f"{sum(per_proxy('dyups_syncer_proxy_degraded_total')):.0f}",
+            ),
+            ("syncer peak RSS (VmHWM)", f"{syncer.peak_rss_mib():.1f} MiB"),
+        ]
+
+
+def proxy_label(i: int) -> str:
+    """The name of the i-th proxy in the syncer's config: its metrics' `proxy` label."""
+    return f"p{i}"
+
+
+def check_interfaces(urls: Iterable[str]) -> None:
+    """Real proxies: stop at once, naming the URL, if one is not a dyups interface that
+    answers, rather than time out waiting for the syncer to sync it."""
+    for url in urls:
+        client = DyupsClient(ClientSettings(url=url))
+        try:
+            client.detect()
+        except ProxyError as e:
+            raise BenchError(f"--proxy-url {url}: {e}") from e
+        finally:
+            client.close()
+
+
+def _serves(client: DyupsClient, want: dict[str, tuple[str, ...]]) -> bool:
+    """The proxy holds exactly `want` among the bench's names (REAL_PREFIX)."""
+    try:
+        observed = client.observe()
+    except ProxyError:
+        return False  # not yet: the wait's deadline tells
+    held = {n: addresses(u) for n, u in observed.items() if n.startswith(REAL_PREFIX)}
+    return held == want
+
+
+def real_proxy_rows(watches: Sequence[Watch]) -> list[tuple[str, str]]:
+    """What the table must say about real proxies: which, and how finely they were read."""
+    http = [w for w in watches if isinstance(w, HttpWatch)]
+    if not http:
+        return []
+    flavours = ", ".join(sorted({str(w.flavour or "flavour unknown") for w in http}))
+    intervals = [x for w in http for x in w.intervals()]
+    return [
+        (
+            "proxies",
+            f"real dyups proxies ({flavours}), --proxy-url " + " ".join(w.url for w in http),
+        ),
+        (
+            "read interval achieved per proxy, answer to answer: p50 / p90 / p99 / max (ms); "
+            "an accepted time is the first answer showing the change, so late by up to one",
+            percentiles_ms(intervals) + f" ({len(intervals) + len(http)} reads)",
+        ),
+        ("failed reads of the proxies", str(sum(w.errors for w in http))),
+    ]

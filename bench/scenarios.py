@@ -1,6 +1,6 @@
 """The file-source scenarios: `change` (lag of single changes), `cold` (first sync),
 `steady` (idle cost), `churn` (sustained endpoint events), `reload` (repair after a
-proxy reload)."""
+proxy reload). `change` also runs against real proxies (`--proxy-url`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bench.harness import (
     NGINX_WORKERS,
     POLL_INTERVAL,
     READ_MSG_TIMEOUT,
+    REAL_PREFIX,
     SHM_ZONE_SIZE,
     Bench,
     BenchError,
@@ -25,11 +26,14 @@ from bench.harness import (
     Result,
     SyncerProcess,
     Tracker,
+    Watch,
     answer_times_row,
     applied_count,
     base_servers,
     base_spec,
     percentiles_ms,
+    proxies_argument,
+    real_proxy_rows,
     spread,
     upstream_name,
     upstream_yaml,
@@ -46,7 +50,7 @@ _MARK = re.compile(r"10\.255\.(\d+)\.(\d+):7777")
 
 
 def command(scenario: str, opts: Options) -> str:
-    line = f"python -m bench {scenario} --proxies {opts.proxies}"
+    line = f"python -m bench {scenario} {proxies_argument(opts)}"
     line += f" --upstreams {opts.upstreams} --servers {opts.servers}"
     if scenario == "change":
         line += f" --changes {opts.changes}"
@@ -73,6 +77,8 @@ def title(scenario: str, opts: Options) -> str:
     parts = [scenario]
     if scenario == "change":
         parts.append(f"kick {'on' if opts.kick else 'off'}")
+    if opts.proxy_urls:
+        parts.append(f"{opts.proxies} real proxies")
     if scenario == "churn":
         parts.append(f"{opts.rate:g} endpoint events/s for {opts.duration:g} s")
     if scenario in ("churn", "reload"):
@@ -84,12 +90,25 @@ def title(scenario: str, opts: Options) -> str:
     return ", ".join(parts)
 
 
+def proxies_setup(opts: Options, count: str = "") -> str:
+    """The proxies, for a table's setup line; `count` in place of `opts.proxies`."""
+    count = count or str(opts.proxies)
+    if opts.proxy_urls:
+        return (
+            f"{count} real dyups prox{'ies' if opts.proxies > 1 else 'y'} "
+            f"(--proxy-url; upstreams named {REAL_PREFIX}…, owned by the syncer through "
+            "owned_prefix, no other upstream touched)"
+        )
+    return (
+        f"{count} simulated proxies ({NGINX_WORKERS} nginx workers, "
+        f"{SHM_ZONE_SIZE // 2**20} MiB zone, read_msg_timeout {READ_MSG_TIMEOUT:g} s)"
+    )
+
+
 def setup(opts: Options) -> str:
     debounce = "100 ms (default)" if opts.debounce is None else f"{opts.debounce * 1000:g} ms"
     return (
-        f"{opts.proxies} simulated proxies ({NGINX_WORKERS} nginx workers, "
-        f"{SHM_ZONE_SIZE // 2**20} MiB zone, "
-        f"read_msg_timeout {READ_MSG_TIMEOUT:g} s), {opts.upstreams} upstreams × {opts.servers} "
+        f"{proxies_setup(opts)}, {opts.upstreams} upstreams × {opts.servers} "
         f"servers; file source poll_interval {opts.poll_interval * 1000:g} ms; debounce {debounce}; "
         f"propagation kick {'on' if opts.kick else 'off'}; {opts.where_simulators()}."
     )
@@ -114,42 +133,56 @@ def marker(i: int) -> str:
     return f"10.255.{i // 256}.{i % 256}:7777"
 
 
-def marker_index(event: AppliedEvent) -> int | None:
-    match = _MARK.search(event.body or "")
+def _marker_in(text: str) -> int | None:
+    match = _MARK.search(text)
     return int(match[1]) * 256 + int(match[2]) if match else None
 
 
-def _accepted(tracker: Tracker, i: int) -> Callable[[], bool]:
+def marker_index(event: AppliedEvent) -> int | None:
+    """The change whose POST a simulator applied, if any."""
+    return _marker_in(event.body or "")
+
+
+def marker_served(_name: str, addresses: tuple[str, ...]) -> int | None:
+    """The change a real proxy's upstream shows, if any (see `HttpWatch`)."""
+    return _marker_in(" ".join(addresses))
+
+
+MARKER_WATCH = (marker_index, marker_served, _MARK.pattern)  # `Bench.watches` arguments
+
+
+def _accepted(tracker: Watch, i: int) -> Callable[[], bool]:
     return lambda: tracker.accepted_at(i) is not None
 
 
 def change(opts: Options) -> Result:
     if opts.changes > MAX_CHANGES:
         raise BenchError(f"--changes is at most {MAX_CHANGES}")
-    spec = base_spec(opts.upstreams, opts.servers)
-    with Bench(opts.proxies, opts.processes) as bench:
+    spec = base_spec(opts.upstreams, opts.servers, opts.name_prefix)
+    with Bench(opts.proxies, opts.processes, opts.proxy_urls) as bench:
         bench.write_upstreams(spec)
         syncer = bench.start_syncer(opts)
-        bench.wait_synced(set(spec), SYNC_TIMEOUT)
+        bench.wait_in_sync(spec, SYNC_TIMEOUT)
         bench.sleep(SETTLE)
-        for sim in bench.sims:
-            sim.reset_stats()
-        trackers = [Tracker(sim, marker_index) for sim in bench.sims]
+        bench.reset_counts()
+        watches = bench.watches(*MARKER_WATCH)
         cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
 
         written: list[float] = []
         for i in range(opts.changes):
             k = i % opts.upstreams
-            spec[upstream_name(k)] = [marker(i), *base_servers(k, opts.servers)[1:]]
+            name = upstream_name(k, opts.name_prefix)
+            spec[name] = [marker(i), *base_servers(k, opts.servers)[1:]]
             if opts.gap:
                 bench.sleep(opts.gap)
             written.append(bench.write_upstreams(spec))
-            for tracker in trackers:
-                bench.wait_tracker(tracker, _accepted(tracker, i), ACCEPT_TIMEOUT, f"change {i}")
+            for watch in watches:
+                bench.wait_tracker(watch, _accepted(watch, i), ACCEPT_TIMEOUT, f"change {i}")
         wall = time.monotonic() - began
         cpu = syncer.cpu_seconds() - cpu0
 
         # Without the kick the last changes reach the other nginx workers on their timer.
+        trackers = [w for w in watches if isinstance(w, Tracker)]  # none on real proxies
         deadline = time.monotonic() + 2 * READ_MSG_TIMEOUT + 1
         n = opts.changes
         while time.monotonic() < deadline and not all(t.update().holds(n) for t in trackers):
@@ -158,22 +191,37 @@ def change(opts: Options) -> Result:
         accept: list[float] = []
         plane: list[float] = []
         for i, stamp in enumerate(written):
-            accepted = [t.accepted_at(i) for t in trackers]
-            accept.append(max(a for a in accepted if a is not None) - stamp)
-            everywhere = [t.everywhere_at(i) for t in trackers]
+            accepted = [w.accepted_at(i) for w in watches]
+            if None not in accepted:  # the waits above see to it: counted, not assumed
+                accept.append(max(a for a in accepted if a is not None) - stamp)
+            everywhere = [w.everywhere_at(i) for w in watches]
             if None not in everywhere:
                 plane.append(max(e for e in everywhere if e is not None) - stamp)
 
         rows = [
+            *real_proxy_rows(watches),
             ("changes", str(n)),
+            ("changes accepted by every proxy", f"{len(accept)} of {n}"),
             ("accept lag p50 / p90 / p99 / max (ms)", percentiles_ms(accept)),
-            ("data-plane lag p50 / p90 / p99 / max (ms)", percentiles_ms(plane)),
-            ("changes on every nginx worker of every proxy", f"{len(plane)} of {n}"),
+            *_plane_rows(bench.real, plane, n),
             *bench.proxy_rows(syncer),
             ("wall time (measured phase)", f"{wall:.1f} s"),
             *_syncer_rows(bench, syncer, "measured phase", cpu, bench_cpu0),
         ]
     return Result(title("change", opts), command("change", opts), setup(opts), rows)
+
+
+def _plane_rows(real: bool, plane: list[float], changes: int) -> list[tuple[str, str]]:
+    if real:
+        why = (
+            "not visible on real proxies: a read is answered by one nginx worker, which "
+            "applies the shared queue before answering"
+        )
+        return [("data-plane lag (every nginx worker)", why)]
+    return [
+        ("data-plane lag p50 / p90 / p99 / max (ms)", percentiles_ms(plane)),
+        ("changes on every nginx worker of every proxy", f"{len(plane)} of {changes}"),
+    ]
 
 
 # ----------------------------------------------------------------- cold
@@ -240,8 +288,7 @@ def steady(opts: Options) -> Result:
         trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
         synced = max(max(t.first.values()) for t in trackers) - syncer.started
         bench.sleep(2 * SETTLE)
-        for sim in bench.sims:
-            sim.reset_stats()
+        bench.reset_counts()
         cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
         bench.sleep(opts.duration)
         window = time.monotonic() - began
@@ -310,8 +357,7 @@ def churn(opts: Options) -> Result:
         trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
         synced = max(max(t.first.values()) for t in trackers) - syncer.started
         bench.sleep(SETTLE)
-        for sim in bench.sims:
-            sim.reset_stats()
+        bench.reset_counts()
         logs = [PostLog(sim) for sim in bench.sims]
         versions: Versions = {n: [(float("-inf"), frozenset(s))] for n, s in spec.items()}
         late: list[float] = []  # per event: its due time → its write's rename
@@ -398,8 +444,7 @@ def reload(opts: Options) -> Result:
         trackers = bench.wait_synced(names, SYNC_TIMEOUT)
         synced = max(max(t.first.values()) for t in trackers) - syncer.started
         bench.sleep(SETTLE)
-        for sim in bench.sims:
-            sim.reset_stats()
+        bench.reset_counts()
         cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
         first: list[float] = []  # reload → the first POST accepted (the loss was found)
         accepted: list[float] = []  # reload → every POST accepted
