@@ -1,0 +1,208 @@
+"""The resumable long fuzz run (`bench/fuzz.py`): its results file, what `--resume` skips,
+`--summary`, and the git tree hashes that say which code a result is valid for. No
+hypothesis run here: the decisions are pure functions of the file's lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import fuzz
+from bench.fuzz import Code, Outcome, Result
+
+TARGET = "test_fuzz_model::test_render_then_parse_round_trips"
+OTHER = "test_fuzz_kube::test_pods_give_upstream_or_rejection"
+TREES = {"syncer": "a" * 40, "tests/fuzz": "b" * 40}
+NOW = datetime.datetime(2026, 11, 27, 3, 0, tzinfo=datetime.UTC)
+
+
+def result(
+    target: str = TARGET, examples: int = 100_000, failures: int = 0, **changes: Any
+) -> Result:
+    failure = "Falsifying example" if failures else ""
+    outcome = Outcome(target, examples, 1234.5, failures, failure, cpu_seconds=600.04)
+    code = Code(commit="c" * 40, dirty=False, trees=TREES)
+    return dataclasses.replace(fuzz.to_result(outcome, code, 100_000, None, NOW), **changes)
+
+
+def test_a_line_round_trips_with_what_the_issue_asks_for() -> None:
+    line = fuzz.format_line(result(failures=1))
+    assert line.endswith("\n") and line.count("\n") == 1
+    parsed = fuzz.parse_line(line)
+    assert parsed == result(failures=1)
+    assert parsed is not None
+    assert parsed.timestamp == "2026-11-27T03:00:00+00:00"
+    assert parsed.failure == "Falsifying example"
+    assert parsed.hypothesis and parsed.python and parsed.seed is None
+    assert parsed.cpu_seconds == 600.0
+
+
+def test_a_line_written_before_cpu_seconds_were_recorded_still_reads() -> None:
+    data = json.loads(fuzz.format_line(result()))
+    del data["cpu_seconds"]
+    parsed = fuzz.parse_line(json.dumps(data))
+    assert parsed is not None and parsed.cpu_seconds is None
+    row = fuzz.summary([TARGET], [parsed], TREES, 100_000)[0].splitlines()[1]
+    assert row.split()[1:5] == ["100000", "0", "1234.5", "-"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "   ", '{"target": "x", "exa', "[1, 2]", "42", '{"target": "x"}', "not json"],
+)
+def test_what_is_not_a_result_line_is_none(text: str) -> None:
+    assert fuzz.parse_line(text) is None
+
+
+def test_a_line_cut_by_a_kill_is_counted_and_does_not_swallow_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "long.jsonl"
+    fuzz.append_result(path, result())
+    with path.open("a") as f:
+        f.write(fuzz.format_line(result(OTHER))[:30])  # killed mid-write: no newline
+    fuzz.append_result(path, result(OTHER))
+    results, bad = fuzz.read_results(path)
+    assert [r.target for r in results] == [TARGET, OTHER]
+    assert bad == 1
+
+
+def test_a_missing_file_has_no_results(tmp_path: Path) -> None:
+    assert fuzz.read_results(tmp_path / "none.jsonl") == ([], 0)
+
+
+def test_a_pass_on_the_same_code_with_enough_examples_is_skipped() -> None:
+    decision = fuzz.decide_one(TARGET, [result()], TREES, 100_000)
+    assert decision.skip and decision.kind == "done"
+    assert "passed 100000 examples at ccccccccc on 2026-11-27" in decision.reason
+    # more examples than asked for count too
+    assert fuzz.decide_one(TARGET, [result()], TREES, 5_000).skip
+
+
+def test_a_pass_on_older_parser_code_is_not_reused() -> None:
+    old = result(trees={**TREES, "syncer": "d" * 40})
+    decision = fuzz.decide_one(TARGET, [old], TREES, 100_000)
+    assert not decision.skip and decision.kind == "changed"
+    assert "syncer/ changed" in decision.reason and "tests/fuzz" not in decision.reason
+
+
+def test_a_change_of_the_fuzz_tests_alone_also_reruns() -> None:
+    old = result(trees={**TREES, "tests/fuzz": "e" * 40})
+    decision = fuzz.decide_one(TARGET, [old], TREES, 100_000)
+    assert decision.kind == "changed" and "tests/fuzz/ changed" in decision.reason
+
+
+def test_too_few_examples_rerun() -> None:
+    decision = fuzz.decide_one(TARGET, [result(examples=10_000)], TREES, 100_000)
+    assert not decision.skip and decision.kind == "short"
+    assert "only 10000 of 100000" in decision.reason
+
+
+def test_a_failure_on_the_same_code_reruns_even_after_a_pass() -> None:
+    for lines in (
+        [result(failures=1)],
+        [result(), result(failures=1)],
+        [result(failures=1), result()],
+    ):
+        decision = fuzz.decide_one(TARGET, lines, TREES, 100_000)
+        assert not decision.skip and decision.kind == "failed", lines
+
+
+def test_a_pass_of_another_target_or_without_git_is_not_reused() -> None:
+    assert fuzz.decide_one(OTHER, [result()], TREES, 100_000).kind == "new"
+    assert fuzz.decide_one(TARGET, [result()], {}, 100_000).kind == "unknown"
+    # a line written outside git (no trees) matches no code
+    assert not fuzz.decide_one(TARGET, [result(trees={})], TREES, 100_000).skip
+
+
+def test_a_dirty_run_counts_for_the_commit_with_the_same_trees() -> None:
+    # What was fuzzed is the trees; committing that working tree as it was keeps them.
+    dirty = result(dirty=True, commit="f" * 40)
+    assert fuzz.decide_one(TARGET, [dirty], TREES, 100_000).skip
+
+
+def test_the_report_says_what_is_skipped_and_what_changed() -> None:
+    decisions = fuzz.decide(
+        [TARGET, OTHER, "x::y"],
+        [result(), result(OTHER, trees={**TREES, "syncer": "d" * 40})],
+        TREES,
+        100_000,
+    )
+    lines = fuzz.report_decisions(decisions).splitlines()
+    assert lines[0].startswith("skipped") and TARGET in lines[0]
+    assert lines[1].startswith("code changed") and OTHER in lines[1]
+    assert lines[2].startswith("to run") and "no result yet" in lines[2]
+
+
+def test_the_summary_is_complete_only_when_every_target_passed_on_this_code() -> None:
+    text, complete = fuzz.summary([TARGET], [result()], TREES, 100_000)
+    assert complete
+    assert "1 of 1 targets passed 100000 examples on the current code" in text
+    row = next(line for line in text.splitlines() if line.startswith(TARGET))
+    assert row.split()[1:5] == ["100000", "0", "1234.5", "600.0"] and row.endswith("current")
+
+    old = result(OTHER, trees={**TREES, "syncer": "d" * 40})
+    text, complete = fuzz.summary([TARGET, OTHER, "x::y"], [result(), old], TREES, 100_000)
+    assert not complete
+    assert "1 of 3 targets" in text
+    assert any(line.startswith(OTHER) and line.endswith("older code") for line in text.splitlines())
+    assert any(line.startswith("x::y") and line.endswith("no result") for line in text.splitlines())
+    assert not fuzz.summary([TARGET], [result(examples=5_000)], TREES, 100_000)[1]
+    assert not fuzz.summary([TARGET], [result(), result(failures=1)], TREES, 100_000)[1]
+
+
+# --- the tree hashes ---------------------------------------------------------------------
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+
+
+def git(*args: str, cwd: Path = fuzz.ROOT, stdin: str | None = None) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, input=stdin, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_the_empty_tree_has_gits_hash() -> None:
+    assert fuzz.tree_hash({}) == "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+@needs_git
+@pytest.mark.parametrize("prefix", fuzz.FUZZED_PATHS)
+def test_the_tree_hash_of_the_committed_files_is_gits(prefix: str) -> None:
+    # Whatever the working tree holds now: the files of HEAD, hashed here, give HEAD's tree.
+    try:
+        expected = git("rev-parse", f"HEAD:{prefix}")
+        listing = git("ls-tree", "-r", "HEAD", "--", prefix)
+    except subprocess.CalledProcessError:
+        pytest.skip("not a git checkout with a commit")
+    blobs = {}
+    for line in listing.splitlines():
+        meta, path = line.split("\t", 1)
+        mode, _, sha = meta.split()
+        blobs[path[len(prefix) + 1 :]] = (mode, sha)
+    assert fuzz.tree_hash(blobs) == expected
+
+
+@needs_git
+def test_the_order_of_entries_is_gits(tmp_path: Path) -> None:
+    # A subtree sorts as if named "a/": after "a-b" and "a.py", before "a0".
+    blob = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # the empty file
+    blobs = {"a.py": ("100644", blob), "a/x": ("100644", blob), "a-b": ("100755", blob)}
+    blobs["a0"] = ("100644", blob)
+    subtree = fuzz.tree_hash({"x": ("100644", blob)})
+    git("init", "-q", cwd=tmp_path)
+    listing = "".join(
+        f"{mode} {'tree' if mode == '040000' else 'blob'} {sha}\t{name}\n"
+        for name, (mode, sha) in [
+            ("a0", ("100644", blob)),
+            ("a", ("040000", subtree)),
+            ("a.py", ("100644", blob)),
+            ("a-b", ("100755", blob)),
+        ]
+    )
+    assert fuzz.tree_hash(blobs) == git("mktree", "--missing", cwd=tmp_path, stdin=listing)
