@@ -127,6 +127,7 @@ FALLBACK: dict[str, str] = {
     "LeaderElectionConfig.lease_duration": "How long a lease lasts without renewal before another replica takes it.",
     "LeaderElectionConfig.renew_deadline": "A leader that cannot renew within it stops writing at once.",
     "LeaderElectionConfig.retry_period": "How often candidates and the leader try.",
+    "LeaderElectionConfig.shards": "Split the proxies across the replicas (backend `kubernetes`): one Lease per shard, `<lease_name>-<i>`, each proxy in one shard by rendezvous hashing of its name; the replicas share the shards evenly (README: Sharding). `1`: one Lease, its holder writes every proxy.",
     "LeaderElectionConfig.client": "Where the Kubernetes API is.",
 }
 

@@ -221,20 +221,24 @@ class App:
             log=self.log,
             stop=stop,
             persist_now=self.writer.write_now,
-            may_write=self._may_write,
+            may_write=lambda: self._may_write(label),
         )
 
-    def _may_write(self) -> bool:
-        return self.elector is None or bool(self.elector.is_leader())
+    def _may_write(self, proxy: str) -> bool:
+        """Asked before every write: the leader writes every proxy; with shards, the
+        holder of the proxy's shard writes it."""
+        return self.elector is None or bool(self.elector.may_write(proxy))
 
-    def _start_kubernetes_parts(self) -> None:
-        """Leader election and proxy discovery (imported only when configured)."""
+    def _build_elector(self) -> Any:
+        """The leader election configured, or None (imported only when configured)."""
         le = self.config.leader_election
-        if le.enabled and le.backend == "consul":
+        if not le.enabled:
+            return None
+        if le.backend == "consul":
             from syncer.consul_lock import ConsulLock
             from syncer.sources.consul import client_from
 
-            self.elector = ConsulLock(
+            return ConsulLock(
                 config=le,
                 client=client_from(le.consul.client),
                 metrics=self.metrics,
@@ -242,12 +246,12 @@ class App:
                 payload=self.store.export_ownership,
                 on_payload=self.store.import_ownership,
             )
-            self.elector.start()
-        elif le.enabled:
-            from syncer.leader import LeaderElector
-            from syncer.sources.kubernetes import api_client
+        from syncer.sources.kubernetes import api_client
 
-            self.elector = LeaderElector(
+        if le.shards > 1:
+            from syncer.shard_election import ShardElector
+
+            return ShardElector(
                 config=le,
                 api=api_client(le.client),
                 metrics=self.metrics,
@@ -255,6 +259,21 @@ class App:
                 payload=self.store.export_ownership,
                 on_payload=self.store.import_ownership,
             )
+        from syncer.leader import LeaderElector
+
+        return LeaderElector(
+            config=le,
+            api=api_client(le.client),
+            metrics=self.metrics,
+            log=self.log,
+            payload=self.store.export_ownership,
+            on_payload=self.store.import_ownership,
+        )
+
+    def _start_kubernetes_parts(self) -> None:
+        """Leader election and proxy discovery (imported only when configured)."""
+        self.elector = self._build_elector()
+        if self.elector is not None:
             self.elector.start()
         discovery = self.config.proxies.kubernetes
         if discovery is not None:
@@ -409,7 +428,7 @@ class App:
             "proxies": {w.label: w.status() for w in self.workers},
             "leader": None
             if self.elector is None
-            else {"identity": self.elector.identity, "leading": self.elector.is_leader()},
+            else self.elector.status([w.label for w in self.workers]),
         }
 
 

@@ -34,6 +34,8 @@ ENV_PREFIX = "DYUPS_SYNCER_"
 _DURATION_RE = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)(ms|s|m|h)?")
 _DURATION_UNIT = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}
 _SIZE_RE = re.compile(r"([0-9]{1,15})([kKmMgG])?")
+# A Kubernetes label value that is not empty (apimachinery's IsValidLabelValue).
+_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 # The longest wait Python can make (`Event.wait` raises OverflowError beyond it).
 MAX_DURATION = threading.TIMEOUT_MAX
 _SIZE_UNIT = {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -354,12 +356,32 @@ class LeaderElectionConfig(_Strict):
     lease_duration: Duration = 15.0
     renew_deadline: Duration = 10.0
     retry_period: Duration = 2.0
+    shards: int = Field(default=1, ge=1, le=256)
     client: KubernetesClientConfig = KubernetesClientConfig()
 
     @model_validator(mode="after")
     def _timings(self) -> LeaderElectionConfig:
         if not self.retry_period < self.renew_deadline < self.lease_duration:
             raise ValueError("need retry_period < renew_deadline < lease_duration")
+        return self
+
+    @model_validator(mode="after")
+    def _sharding(self) -> LeaderElectionConfig:
+        if self.shards == 1:
+            return self
+        if self.backend == "consul":
+            raise ValueError(
+                "shards > 1 needs backend kubernetes (one Lease per shard); "
+                "the consul backend holds a single lock: set shards: 1"
+            )
+        if not self.enabled:
+            raise ValueError("shards > 1 needs enabled: true (the shards are Leases)")
+        if not _LABEL_VALUE_RE.fullmatch(self.lease_name):
+            # It becomes the value of the label that groups the shard and member Leases.
+            raise ValueError(
+                "with shards > 1, lease_name must also be a label value: at most 63 "
+                "characters, alphanumeric, '-', '_' or '.'"
+            )
         return self
 
 

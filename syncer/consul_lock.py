@@ -54,7 +54,7 @@ class ConsulLock(Elector):
         if not self._session:
             return
         try:
-            if self._leading.is_set():
+            if self._tenure.active:
                 self._put(f"/v1/kv/{self.key}", [("release", self._session)], self._value())
             self._put(f"/v1/session/destroy/{self._session}", [], "")
             self.log.info("lock_released")
@@ -87,11 +87,7 @@ class ConsulLock(Elector):
             except ERRORS as e:
                 self.log.warning("lock_request_failed", error=str(e))
                 self._stop.wait(self.cfg.retry_period)
-            if (
-                self._leading.is_set()
-                and self._clock() - self._last_renew > self.cfg.renew_deadline
-            ):
-                self._lose("renew deadline passed")
+            self._check_deadline()
 
     def _round(self) -> None:
         if self._session is None:

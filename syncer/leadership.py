@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from syncer.config import LeaderElectionConfig
@@ -33,6 +33,59 @@ def decode_payload(text: str) -> dict[str, Any]:
 
 def default_identity() -> str:
     return f"{os.environ.get('HOSTNAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+class Tenure:
+    """Holding one lease or lock, as the writers see it: held from a successful acquire
+    or renewal until it is lost, given up, or `renew_deadline` passes without another
+    renewal. The deadline is judged at every `held()` (before every write), so a holder
+    cut off from the API stops writing before anyone else can take over (the others
+    wait for `lease_duration`, which is longer)."""
+
+    def __init__(
+        self,
+        *,
+        renew_deadline: float,
+        clock: Callable[[], float],
+        on_change: Callable[[bool, str], None] = lambda held, why: None,
+    ) -> None:
+        self._renew_deadline = renew_deadline
+        self._clock = clock
+        self._on_change = on_change  # (held, why): metrics and logs of the owner
+        self._lock = threading.Lock()
+        self._held = False
+        self._last_renew = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Held as of the last renewal, the deadline not judged (to know what to release)."""
+        return self._held
+
+    def held(self) -> bool:
+        self.check_deadline()
+        return self._held
+
+    def renewed(self) -> None:
+        with self._lock:
+            self._last_renew = self._clock()
+            gained, self._held = not self._held, True
+        if gained:
+            self._on_change(True, "")
+
+    def check_deadline(self) -> None:
+        if self._held and self._clock() - self._last_renew > self._renew_deadline:
+            self.lose("renew deadline passed")
+
+    def lose(self, why: str) -> None:
+        if self.end():
+            self._on_change(False, why)
+
+    def end(self) -> bool:
+        """Stop holding without telling the owner (it says what it does itself);
+        returns whether it was held."""
+        with self._lock:
+            was, self._held = self._held, False
+        return was
 
 
 class Elector:
@@ -62,20 +115,25 @@ class Elector:
         # manages the same upstreams (it does not see them as foreign).
         self._payload = payload
         self._on_payload = on_payload
-        self._leading = threading.Event()
-        self._last_renew = 0.0
+        self._tenure = Tenure(
+            renew_deadline=config.renew_deadline, clock=clock, on_change=self._tenure_changed
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         metrics.leader.set(0)
+        metrics.shards.set(1)  # one lock: one shard, every proxy in it
 
     def is_leader(self) -> bool:
         """Checked before every write: also false once the renew deadline has passed."""
-        if not self._leading.is_set():
-            return False
-        if self._clock() - self._last_renew > self.cfg.renew_deadline:
-            self._lose("renew deadline passed")
-            return False
-        return True
+        return self._tenure.held()
+
+    def may_write(self, proxy: str) -> bool:
+        """Whether this replica may write to `proxy` now: the leader writes them all."""
+        return self.is_leader()
+
+    def status(self, proxies: Iterable[str] = ()) -> dict[str, Any]:
+        """For /state (`proxies`: for the sharded election, which shows each one's shard)."""
+        return {"identity": self.identity, "leading": self.is_leader()}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
@@ -86,8 +144,8 @@ class Elector:
         if self._thread:
             self._thread.join(timeout=10)
         self._release()
-        self._leading.clear()
-        self._metrics.leader.set(0)
+        self._tenure.end()
+        self._set_gauges(held=False)
 
     def _run(self) -> None:
         raise NotImplementedError
@@ -96,18 +154,21 @@ class Elector:
         """Hand leadership over on shutdown (subclasses)."""
 
     def _renewed(self) -> None:
-        self._last_renew = self._clock()
-        if not self._leading.is_set():
-            self._leading.set()
-            self._metrics.leader.set(1)
-            self.log.info("leader_elected")
+        self._tenure.renewed()
 
     def _check_deadline(self) -> None:
-        if self._leading.is_set() and self._clock() - self._last_renew > self.cfg.renew_deadline:
-            self._lose("renew deadline passed")
+        self._tenure.check_deadline()
 
     def _lose(self, why: str) -> None:
-        if self._leading.is_set():
-            self._leading.clear()
-            self._metrics.leader.set(0)
+        self._tenure.lose(why)
+
+    def _tenure_changed(self, held: bool, why: str) -> None:
+        self._set_gauges(held=held)
+        if held:
+            self.log.info("leader_elected")
+        else:
             self.log.warning("leadership_lost", reason=why)
+
+    def _set_gauges(self, *, held: bool) -> None:
+        self._metrics.leader.set(int(held))
+        self._metrics.shards_held.set(int(held))

@@ -144,7 +144,37 @@ class Metrics:
             self.plan_refused,
         ]
         self.leader = Gauge(
-            p + "leader", "1 while this replica holds the lease and writes to proxies.", registry=r
+            p + "leader",
+            "1 while this replica holds the lease (with shards: at least one) and writes to proxies.",
+            registry=r,
+        )
+        self.shards = Gauge(
+            p + "shards", "Shards the proxies are split into (1 without sharding).", registry=r
+        )
+        self.shards_held = Gauge(
+            p + "shards_held", "Shards this replica holds, whose proxies it writes.", registry=r
+        )
+        self.shard_members = Gauge(
+            p + "shard_members",
+            "Live syncer replicas this replica sees sharing the shards (sharding only).",
+            registry=r,
+        )
+        self.shards_unheld = Gauge(
+            p + "shards_unheld",
+            "Shards this replica sees without a live holder: nobody writes their proxies (sharding only).",
+            registry=r,
+        )
+        self.shard_changes = Counter(
+            p + "shard_changes",
+            "Shards this replica acquired, released (balance, shutdown) or lost (renewal failed).",
+            ["change"],
+            registry=r,
+        )
+        self.shards_blocked = Gauge(
+            p + "shards_blocked",
+            "1 while this replica holds shards but does not write, because another "
+            "configuration is live (a single-Lease leader, or replicas with another shard count).",
+            registry=r,
         )
         self.snapshot_errors = Counter(
             p + "snapshot_errors_total", "Snapshot reads or writes that failed.", ["op"], registry=r

@@ -109,6 +109,8 @@ class Store:
         # syncers created, minus those found foreign on a given proxy.
         self._shared_owned: frozenset[str] = frozenset()
         self._shared_foreign: dict[str, frozenset[str]] = {}
+        # With shards, one record per Lease (by name): the shared sets are their union.
+        self._imported: dict[str, tuple[frozenset[str], dict[str, frozenset[str]]]] = {}
         self._version = 0
         # When each recent version appeared (monotonic), so a worker that was busy
         # while changes arrived can tell how long they have already waited.
@@ -282,8 +284,10 @@ class Store:
         self._on_change()
 
     def current(self) -> DesiredState:
-        with self._cond:
-            return self._current
+        # No lock: `_current` is an immutable snapshot whose reference is replaced
+        # whole (under the lock) and read atomically. Every worker asks for it before
+        # each write; with 200 proxies most worker threads were queued on this lock.
+        return self._current
 
     def wait_newer(
         self, version: int, timeout: float, stop: threading.Event | None = None
@@ -348,16 +352,29 @@ class Store:
             }
             return {"owned": sorted(owned), "foreign": foreign}
 
-    def import_ownership(self, data: Mapping[str, Any]) -> None:
-        """A follower learns what the leader owns, so that it can take over."""
+    def import_ownership(self, data: Mapping[str, Any], origin: str = "") -> None:
+        """A follower learns what the leader owns, so that it can take over. With
+        shards, each Lease's holder publishes its own record: a record replaces the
+        last one from the same `origin` (Lease), and the records are merged (a name
+        owned in any is shared; one foreign on a proxy in any stays foreign there)."""
         owned, foreign = data.get("owned", []), data.get("foreign", {})
         if not isinstance(owned, list) or not isinstance(foreign, dict):
             raise ValueError("ownership record must be {owned: [...], foreign: {...}}")
+        record = (
+            frozenset(map(str, owned)),
+            {str(url): frozenset(map(str, names)) for url, names in foreign.items()},
+        )
         with self._cond:
-            self._shared_owned = frozenset(map(str, owned))
-            self._shared_foreign = {
-                str(url): frozenset(map(str, names)) for url, names in foreign.items()
-            }
+            self._imported[origin] = record
+            if len(self._imported) == 1:  # the single Lease: as before, no merging
+                self._shared_owned, self._shared_foreign = record
+                return
+            self._shared_owned = frozenset().union(*(o for o, _ in self._imported.values()))
+            merged: dict[str, frozenset[str]] = {}
+            for _, per_proxy in self._imported.values():
+                for url, names in per_proxy.items():
+                    merged[url] = merged.get(url, frozenset()) | names
+            self._shared_foreign = merged
 
     def claim(self, url: str, names: Iterable[str]) -> None:
         with self._cond:

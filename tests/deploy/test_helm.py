@@ -184,6 +184,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         },
         "leaderElection": {"leaseName": "edge-syncer"},
     },
+    "sharded": {"replicas": 3, "leaderElection": {"shards": 6}},
     "sidecar": {"mode": "sidecar", "sidecar": {"proxy": {"image": SIDECAR_IMAGE}}},
     "sidecar-custom": {
         "mode": "sidecar",
@@ -356,6 +357,31 @@ def test_defaults_rbac_is_least_privilege(rendered: dict[str, list[dict[str, Any
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}
         ]
+
+
+def test_sharded_rbac_and_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """With shards, the Leases are one per shard plus one per replica (named after its
+    identity): the Role covers the namespace's Leases, with list and delete."""
+    docs = rendered["sharded"]
+    assert rules(docs) == {
+        ("ClusterRole", "", "services"): {"list", "watch"},
+        ("ClusterRole", "", "endpointslices"): {"list", "watch"},
+        ("ClusterRole", "", "nodes"): {"list", "watch"},
+        ("Role", NAMESPACE, "pods"): {"list", "watch"},
+        ("Role", NAMESPACE, "leases"): {"get", "list", "create", "update", "delete"},
+    }
+    lease_role = one(docs, "Role", f"{RELEASE}-lease")
+    assert lease_role["metadata"]["namespace"] == NAMESPACE  # never a ClusterRole
+    config = syncer_config(docs)
+    assert config["leader_election"]["shards"] == 6
+    assert config["leader_election"]["lease_name"] == RELEASE
+    assert one(docs, "Deployment")["spec"]["replicas"] == 3
+    notes = render_files(VARIANTS["sharded"])[f"{RELEASE}/templates/NOTES.txt"]
+    assert f"get leases -l dyups-syncer.io/lease-group={RELEASE}" in notes
+    # shards: 1 (the default, or said) keeps the single Lease's least privilege.
+    one_shard = render({"leaderElection": {"shards": 1}})
+    assert rules(one_shard) == rules(rendered["defaults"])
+    assert "shards" not in syncer_config(one_shard)["leader_election"]
 
 
 def test_scoped_rbac_and_networkpolicy(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -629,6 +655,9 @@ def test_notes_say_how_to_check_it_works() -> None:
         ({"source": {"consul": {"statuses": ["warning"]}}}, "/source/consul/statuses"),
         ({"proxies": {"consul": {"enabled": True}}}, "/proxies/consul/service"),
         ({"leaderElection": {"backend": "etcd"}}, "/leaderElection/backend"),
+        ({"leaderElection": {"shards": 0}}, "/leaderElection/shards"),
+        ({"leaderElection": {"shards": 257}}, "/leaderElection/shards"),
+        ({"leaderElection": {"shards": "4"}}, "/leaderElection/shards"),
     ],
 )
 def test_schema_rejects_wrong_values(values: dict[str, Any], message: str) -> None:
@@ -653,6 +682,14 @@ def test_schema_rejects_wrong_values(values: dict[str, Any], message: str) -> No
         (
             {"proxies": {"kubernetes": {"label_selector": "app in (a,b)"}}},
             "networkPolicy.proxyPeers",
+        ),
+        (
+            {"leaderElection": {"backend": "consul", "shards": 4}},
+            "leaderElection.shards > 1 needs leaderElection.backend: kubernetes",
+        ),
+        (
+            {"replicas": 1, "leaderElection": {"enabled": False, "shards": 4}},
+            "leaderElection.shards > 1 needs leaderElection.enabled: true",
         ),
     ],
 )

@@ -71,6 +71,41 @@ def test_optional_servicemonitor_component(tmp_path: Path) -> None:
     assert kube_validate(docs) == ["ServiceMonitor"]  # a CRD: checked by the asserts above
 
 
+def test_optional_sharding_component(
+    tmp_path: Path, central: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    kustomization = copy / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert "# components:\n#   - servicemonitor\n#   - sharding\n" in text
+    kustomization.write_text(
+        text.replace(
+            "# components:\n#   - servicemonitor\n#   - sharding\n",
+            "components:\n  - sharding\n",
+        )
+    )
+    docs = kustomize(copy)
+    assert kube_validate(docs) == []
+    assert rules(docs) == {
+        ("ClusterRole", "", "services"): {"list", "watch"},
+        ("ClusterRole", "", "endpointslices"): {"list", "watch"},
+        ("ClusterRole", "", "nodes"): {"list", "watch"},
+        ("Role", "dyups-syncer", "pods"): {"list", "watch"},
+        ("Role", "dyups-syncer", "leases"): {"get", "list", "create", "update", "delete"},
+    }
+    # Everything else is the central install, unchanged.
+    changed = {(d["kind"], d["metadata"]["name"]) for d in docs if d not in central}
+    assert changed == {("Role", "dyups-syncer"), ("Deployment", "dyups-syncer")}
+    (c,) = containers(one(docs, "Deployment"))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DYUPS_SYNCER_LEADER_ELECTION__SHARDS"] == "4"
+    # The configuration with that override is valid.
+    monkeypatch.setenv("DYUPS_SYNCER_LEADER_ELECTION__SHARDS", "4")
+    text = one(docs, "ConfigMap", "dyups-syncer")["data"]["config.yaml"]
+    check_config_text(text, tmp_path)
+
+
 def test_another_namespace_moves_everything(tmp_path: Path) -> None:
     copy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, copy)

@@ -59,8 +59,11 @@ in chunks", "Resource versions", "410 Gone responses"):
 * **writes** over HTTP: POST 201 (409 AlreadyExists if present; `generateName`
   honoured), PUT 200 (404 if absent; 409 Conflict if `metadata.resourceVersion` is not
   the current one; 422 if it is missing, as for Leases, whose strategy forbids
-  unconditional updates), DELETE 200 with the last state. An update that changes
-  nothing writes nothing (no new resourceVersion, no event), as etcd's GuaranteedUpdate.
+  unconditional updates), DELETE 200 with the last state (for Leases, whose registry
+  does not return the deleted object, a Success Status with name, group, kind and
+  uid), 404 if absent, 409 Conflict if the `preconditions` of its DeleteOptions body
+  (`uid`, `resourceVersion`) do not hold. An update that changes nothing writes
+  nothing (no new resourceVersion, no event), as etcd's GuaranteedUpdate.
 
 Departures from a real server, on purpose: no authentication, no admission or
 validation of object contents beyond name/namespace/kind, deletion is immediate (no
@@ -117,6 +120,9 @@ class ResourceType:
     kind: str
     field_labels: tuple[str, ...] = ()
     namespaced: bool = True
+    # DELETE answers with the object's last state, or (the generic registry's default,
+    # `ReturnDeletedObject` unset) with a Success Status naming it.
+    returns_deleted_object: bool = True
 
     @property
     def api_version(self) -> str:
@@ -142,7 +148,7 @@ RESOURCES: dict[str, ResourceType] = {
         ResourceType("services", "", "v1", "Service", ("spec.clusterIP", "spec.type")),
         ResourceType("pods", "", "v1", "Pod", ("spec.nodeName", "status.phase", "status.podIP")),
         ResourceType("endpointslices", "discovery.k8s.io", "v1", "EndpointSlice", ("addressType",)),
-        ResourceType("leases", "coordination.k8s.io", "v1", "Lease"),
+        ResourceType("leases", "coordination.k8s.io", "v1", "Lease", returns_deleted_object=False),
         # Cluster-scoped; `spec.unschedulable` is the field selector the apiserver adds.
         ResourceType("nodes", "", "v1", "Node", ("spec.unschedulable",), namespaced=False),
     )
@@ -211,12 +217,38 @@ def _already_exists(rt: ResourceType, name: str) -> ApiError:
     )
 
 
-def _conflict(rt: ResourceType, name: str) -> ApiError:
-    message = (
-        f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been '
-        "modified; please apply your changes to the latest version and try again"
+def _conflict(rt: ResourceType, name: str, cause: str | None = None) -> ApiError:
+    cause = cause or (
+        "the object has been modified; please apply your changes to the latest version "
+        "and try again"
     )
+    message = f'Operation cannot be fulfilled on {rt.qualified} "{name}": {cause}'
     return ApiError(status_object(409, "Conflict", message, details=rt.details(name)))
+
+
+def _precondition_failed(rt: ResourceType, namespace: str, name: str, what: str) -> ApiError:
+    """A DELETE whose preconditions do not hold: the storage layer's invalid-object
+    error, which the registry turns into a 409 Conflict (`InterpretDeleteError`).
+    The key is etcd's `/registry/<resource>/<namespace>/<name>` (exact for leases)."""
+    key = "/".join(p for p in ("/registry", rt.resource, namespace, name) if p)
+    cause = (
+        f"StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, "
+        f"AdditionalErrorMsg: Precondition failed: {what}"
+    )
+    return _conflict(rt, name, cause)
+
+
+def _deleted_status(rt: ResourceType, obj: JSON) -> JSON:
+    """What a DELETE of a resource that does not return the object answers."""
+    details: JSON = rt.details(obj["metadata"]["name"])
+    details["uid"] = obj["metadata"]["uid"]
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    }
 
 
 def _invalid(kind: str, name: str, field_path: str, message: str) -> ApiError:
@@ -875,6 +907,30 @@ class FakeKubeAPI:
         self._write(MODIFIED, key, obj, old)
         return obj
 
+    def _check_preconditions(
+        self, rt: ResourceType, namespace: str, name: str, preconditions: Any
+    ) -> None:
+        """DeleteOptions.preconditions: the object must still have this uid and/or
+        resourceVersion (checked against the stored object, as etcd3's store does)."""
+        if preconditions is None:
+            return
+        if not isinstance(preconditions, dict):
+            raise _bad_request("preconditions must be an object")
+        old = self._objects.get((rt.resource, namespace, name))
+        if old is None:
+            raise _not_found(rt, name)
+        meta = old["metadata"]
+        uid, rv = preconditions.get("uid"), preconditions.get("resourceVersion")
+        if uid is not None and uid != meta["uid"]:
+            what = f"UID in precondition: {uid}, UID in object meta: {meta['uid']}"
+            raise _precondition_failed(rt, namespace, name, what)
+        if rv is not None and rv != meta["resourceVersion"]:
+            what = (
+                f"ResourceVersion in precondition: {rv}, "
+                f"ResourceVersion in object meta: {meta['resourceVersion']}"
+            )
+            raise _precondition_failed(rt, namespace, name, what)
+
     def _delete(self, rt: ResourceType, namespace: str, name: str) -> JSON:
         key = (rt.resource, namespace, name)
         old = self._objects.get(key)
@@ -1003,8 +1059,11 @@ class FakeKubeAPI:
             raise _bad_request("the namespace of the object must be given in the URL")
         if verb == "delete":
             assert route.name is not None
+            options = _parse_body(raw) if raw.strip() else {}
             with self._cond:
-                return 200, self._delete(rt, namespace, route.name)
+                self._check_preconditions(rt, namespace, route.name, options.get("preconditions"))
+                last = self._delete(rt, namespace, route.name)
+            return 200, last if rt.returns_deleted_object else _deleted_status(rt, last)
         body = _parse_body(raw)
         if verb == "patch":
             assert route.name is not None

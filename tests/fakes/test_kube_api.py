@@ -706,6 +706,104 @@ def test_lease_create_read_replace_and_conflicts(
     assert [r.status for r in api.requests if r.verb == "update"] == [200, 409, 422]
 
 
+def test_leases_listed_by_label_created_once_and_deleted_with_preconditions(
+    api: FakeKubeAPI, api_client: client.ApiClient
+) -> None:
+    """What the sharded election uses: list a group of Leases by label, create each
+    once (409 AlreadyExists after), delete only while unchanged (preconditions)."""
+    coordination = client.CoordinationV1Api(api_client)
+    group = {"dyups-syncer.io/lease-group": "syncer"}
+    for name, labels in (
+        ("syncer-0", {**group, "dyups-syncer.io/lease-role": "shard"}),
+        ("syncer-member-a", {**group, "dyups-syncer.io/lease-role": "member"}),
+        ("other", {"dyups-syncer.io/lease-group": "other"}),
+    ):
+        lease = client.V1Lease.from_dict(ko.lease("edge", name, "pod-a", labels=labels))
+        coordination.create_namespaced_lease("edge", lease)
+    api.create(ko.lease("default", "syncer-1", "pod-b", labels=group))  # another namespace
+
+    listed = coordination.list_namespaced_lease(
+        "edge", label_selector="dyups-syncer.io/lease-group=syncer"
+    )
+    assert [item.metadata.name for item in listed.items] == ["syncer-0", "syncer-member-a"]
+    members = coordination.list_namespaced_lease(
+        "edge",
+        label_selector="dyups-syncer.io/lease-group=syncer,dyups-syncer.io/lease-role=member",
+    )
+    assert [item.metadata.name for item in members.items] == ["syncer-member-a"]
+
+    again = client.V1Lease.from_dict(ko.lease("edge", "syncer-0", "pod-b", labels=group))
+    with pytest.raises(ApiException) as info:
+        coordination.create_namespaced_lease("edge", again)
+    status = json.loads(info.value.body)
+    assert (info.value.status, status["kind"], status["reason"]) == (409, "Status", "AlreadyExists")
+    assert status["details"] == {
+        "name": "syncer-0",
+        "group": "coordination.k8s.io",
+        "kind": "leases",
+    }
+
+    member = coordination.read_namespaced_lease("syncer-member-a", "edge")
+    stale_rv = member.metadata.resource_version
+    member.spec.renew_time = member.spec.renew_time  # a renewal: a new resourceVersion
+    member.spec.lease_transitions = 1
+    coordination.replace_namespaced_lease("syncer-member-a", "edge", member)
+    options = client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(resource_version=stale_rv)
+    )
+    with pytest.raises(ApiException) as info:
+        coordination.delete_namespaced_lease("syncer-member-a", "edge", body=options)
+    status = json.loads(info.value.body)
+    assert (info.value.status, status["reason"]) == (409, "Conflict")
+    assert status["message"].startswith(
+        'Operation cannot be fulfilled on leases.coordination.k8s.io "syncer-member-a": '
+    )
+    assert f"Precondition failed: ResourceVersion in precondition: {stale_rv}," in status["message"]
+    assert api.get("leases", "edge", "syncer-member-a") is not None  # renewed: kept
+
+    wrong_uid = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid="not-its-uid"))
+    with pytest.raises(ApiException) as info:
+        coordination.delete_namespaced_lease("syncer-member-a", "edge", body=wrong_uid)
+    assert info.value.status == 409
+    assert (
+        "Precondition failed: UID in precondition: not-its-uid"
+        in json.loads(info.value.body)["message"]
+    )
+
+    current = api.get("leases", "edge", "syncer-member-a")
+    assert current is not None
+    fresh = client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(
+            resource_version=current["metadata"]["resourceVersion"],
+            uid=current["metadata"]["uid"],
+        )
+    )
+    deleted = coordination.delete_namespaced_lease("syncer-member-a", "edge", body=fresh)
+    # The Lease registry answers a Status naming what went, not the object (the client
+    # hands it over undecoded: its schema says `object`).
+    assert deleted == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {
+            "name": "syncer-member-a",
+            "group": "coordination.k8s.io",
+            "kind": "leases",
+            "uid": current["metadata"]["uid"],
+        },
+    }
+    assert api.get("leases", "edge", "syncer-member-a") is None
+    coordination.delete_namespaced_lease("syncer-0", "edge")  # no options: unconditional
+
+    with pytest.raises(ApiException) as info:
+        coordination.delete_namespaced_lease("syncer-0", "edge")
+    status = json.loads(info.value.body)
+    assert (info.value.status, status["kind"], status["reason"]) == (404, "Status", "NotFound")
+    assert status["message"] == 'leases.coordination.k8s.io "syncer-0" not found'
+    assert [r.status for r in api.requests if r.verb == "delete"] == [409, 409, 200, 200, 404]
+
+
 # --- outages -------------------------------------------------------------------------------
 
 

@@ -122,3 +122,36 @@ def test_durations_are_finite_and_waitable(tmp_path, value, message):
         load(write(tmp_path, GOOD.replace("debounce: 100ms", f"debounce: {value}")), env={})
     (error,) = e.value.errors
     assert error.startswith(f"{tmp_path / 'config.yaml'}: debounce: {message}"), error
+
+
+@pytest.mark.parametrize(
+    "leader_election, message",
+    [
+        ({"enabled": True, "shards": 0}, "greater than or equal to 1"),
+        ({"enabled": True, "shards": 257}, "less than or equal to 256"),
+        (
+            {"enabled": True, "backend": "consul", "shards": 4},
+            "shards > 1 needs backend kubernetes",
+        ),
+        ({"shards": 4}, "shards > 1 needs enabled: true"),
+        ({"enabled": True, "shards": 4, "lease_name": "x" * 64}, "lease_name must also be a label"),
+    ],
+)
+def test_shards_need_kubernetes_leases(tmp_path, leader_election, message):
+    import yaml
+
+    data = {**yaml.safe_load(GOOD), "leader_election": leader_election}
+    with pytest.raises(ConfigError) as e:
+        load(write(tmp_path, yaml.safe_dump(data)), env={})
+    (error,) = e.value.errors
+    assert ": leader_election" in error and message in error, error
+
+
+def test_shards_from_the_environment(tmp_path):
+    env = {
+        "DYUPS_SYNCER_LEADER_ELECTION__ENABLED": "true",
+        "DYUPS_SYNCER_LEADER_ELECTION__SHARDS": "4",
+    }
+    cfg = load(write(tmp_path, GOOD), env=env)
+    assert cfg.leader_election.shards == 4
+    assert load(write(tmp_path, GOOD), env={}).leader_election.shards == 1

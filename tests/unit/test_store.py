@@ -190,3 +190,27 @@ def test_a_malformed_policy_entry_in_the_snapshot_is_skipped_not_fatal():
     problems = store.restore(SnapshotData({"src": {"web": bad}}, {}))
     assert len(problems) == 1 and "web" in problems[0]
     assert "web" not in store.current().upstreams
+
+
+def test_a_single_lease_record_replaces_the_last_one():
+    store = Store(["src"])
+    store.import_ownership({"owned": ["web", "api"], "foreign": {"p0": ["api"]}})
+    assert store.proxy_record("p0").owned == {"web"}
+    store.import_ownership({"owned": ["api"], "foreign": {}})
+    assert store.proxy_record("p0").owned == {"api"}
+    assert store.export_ownership() == {"owned": ["api"], "foreign": {}}
+
+
+def test_records_of_several_leases_merge_and_each_replaces_only_its_own():
+    """Shards: each Lease's holder publishes its record; a name owned in any record is
+    shared, one foreign on a proxy in any record stays foreign there."""
+    store = Store(["src"])
+    store.import_ownership({"owned": ["web"], "foreign": {"p1": ["old"]}}, "syncer-0")
+    store.import_ownership({"owned": ["api", "old"], "foreign": {}}, "syncer-1")
+    assert store.proxy_record("p0").owned == {"web", "api", "old"}
+    assert store.proxy_record("p1").owned == {"web", "api"}
+    store.import_ownership({"owned": ["api"], "foreign": {}}, "syncer-1")  # syncer-1 again
+    assert store.proxy_record("p0").owned == {"web", "api"}
+    store.import_ownership({"owned": [], "foreign": {}}, "syncer-0")
+    assert store.proxy_record("p1").owned == {"api"}
+    assert store.export_ownership() == {"owned": ["api"], "foreign": {}}

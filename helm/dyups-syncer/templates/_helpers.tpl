@@ -66,6 +66,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "dyups-syncer.lease" -}}
 {{- if and (include "dyups-syncer.leaderElection" .) (eq .Values.leaderElection.backend "kubernetes") -}}true{{- end -}}
 {{- end -}}
+{{/* Sharded leader election: one Lease per shard, plus a membership Lease per replica. */}}
+{{- define "dyups-syncer.sharded" -}}
+{{- if and (include "dyups-syncer.lease" .) (gt (int .Values.leaderElection.shards) 1) -}}true{{- end -}}
+{{- end -}}
 {{- define "dyups-syncer.consulDiscovery" -}}
 {{- if and (eq .Values.mode "central") .Values.proxies.consul.enabled -}}true{{- end -}}
 {{- end -}}
@@ -94,6 +98,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- if and .Values.networkPolicy.enabled .Values.proxies.consul.enabled (not .Values.networkPolicy.extraEgress) -}}
 {{- fail "networkPolicy: proxies discovered in Consul can be anywhere; describe them (addresses, dyups port) in networkPolicy.extraEgress, or set networkPolicy.enabled: false" -}}
+{{- end -}}
+{{- if and (gt (int .Values.leaderElection.shards) 1) (ne .Values.leaderElection.backend "kubernetes") -}}
+{{- fail "leaderElection.shards > 1 needs leaderElection.backend: kubernetes (one Lease per shard); the consul backend holds a single lock" -}}
+{{- end -}}
+{{- if and (gt (int .Values.leaderElection.shards) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail "leaderElection.shards > 1 needs leaderElection.enabled: true (the shards are Leases)" -}}
 {{- end -}}
 {{- if and .Values.snapshot.persistence.enabled (gt (int .Values.replicas) 1) -}}
 {{- fail "snapshot.persistence.enabled needs replicas: 1 (a ReadWriteOnce claim cannot be shared); with leader election the emptyDir is enough, the leader publishes what it owns on the Lease" -}}
@@ -155,6 +165,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq .Values.leaderElection.backend "kubernetes" -}}
 {{- $_ := set $le "lease_name" (include "dyups-syncer.leaseName" .) -}}
 {{- $_ := set $le "namespace" .Release.Namespace -}}
+{{- if include "dyups-syncer.sharded" . -}}
+{{- $_ := set $le "shards" (int .Values.leaderElection.shards) -}}
+{{- end -}}
 {{- else -}}
 {{- $_ := set $le "consul" (deepCopy .Values.leaderElection.consul) -}}
 {{- end -}}
