@@ -511,7 +511,8 @@ class ProxyWorker:
         write cost about a tenth of the syncer's CPU in a rollout with 10 proxies."""
 
         def superseded_or_stopping(state: tenacity.RetryCallState) -> bool:
-            return self.stop.is_set() or self._superseded(state.args[0])
+            # A lost lease (or shard) stops retries too: the next holder writes.
+            return self.stop.is_set() or not self._may_write() or self._superseded(state.args[0])
 
         return tenacity.Retrying(
             retry=tenacity.retry_if_result(

@@ -155,3 +155,44 @@ def test_a_delete_refused_on_every_attempt_is_retried_not_forgotten():
             assert set(sim.upstreams()) == {"u0"}
         finally:
             client.close()
+
+
+def test_losing_the_lease_stops_the_retries_of_a_write_in_progress():
+    """A write retrying on 409 must not go on once this replica may no longer write
+    (lease or shard lost): the new holder writes that proxy now."""
+    store = Store(["file"])
+    store.publish("file", {"u0": upstream("u0", 8000)})
+    leading = threading.Event()
+    leading.set()
+    settings = WorkerSettings(
+        debounce=0.0, kick_gets=0, retry_attempts=50, retry_initial=0.01, retry_max=0.02
+    )
+    with DyupsSimulator(workers=1, trylock=True) as sim:
+        sim.set_conflict_rate(1.0)
+
+        class LoseLeaseOnSecondConflict(DyupsClient):
+            posts = 0
+
+            def upsert(self, up: Upstream) -> WriteResult:
+                self.posts += 1
+                if self.posts == 2:
+                    leading.clear()
+                return super().upsert(up)
+
+        client = LoseLeaseOnSecondConflict(ClientSettings(url=sim.url, verify_after_write=False))
+        worker = ProxyWorker(
+            label="p0",
+            client=client,
+            store=store,
+            settings=settings,
+            metrics=Metrics(),
+            log=log.get("test"),
+            stop=threading.Event(),
+            may_write=leading.is_set,
+        )
+        try:
+            worker.step()
+            assert client.posts == 2  # not the 50 attempts allowed
+            assert sim.stats.conflicts == 2 and "u0" not in sim.upstreams()
+        finally:
+            client.close()
