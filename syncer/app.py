@@ -31,6 +31,11 @@ from syncer.sources.base import Source
 from syncer.sources.file import FileSource
 from syncer.state import Store
 
+# Propagation kicks running at once across all proxies (see ProxyWorker._kick_loop):
+# enough that a fleet of tens of proxies is kicked without waiting, few enough that
+# hundreds of proxies writing back to back do not spend the interpreter on kicks.
+CONCURRENT_KICKS = 8
+
 
 def client_settings(
     proxy: ProxyConfig, *, verify: bool, verify_min_bytes: int = 0
@@ -189,6 +194,7 @@ class App:
             )
             for s in config.sources
         ]
+        self._kick_slots = threading.Semaphore(CONCURRENT_KICKS)
         self.fleet: Fleet[ProxyConfig] = Fleet(
             make_worker=self._make_worker, store=self.store, metrics=self.metrics, log=self.log
         )
@@ -222,6 +228,7 @@ class App:
             stop=stop,
             persist_now=self.writer.write_now,
             may_write=lambda: self._may_write(label),
+            kick_slots=self._kick_slots,
         )
 
     def _may_write(self, proxy: str) -> bool:

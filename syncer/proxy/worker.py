@@ -96,6 +96,7 @@ class ProxyWorker:
         may_write: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        kick_slots: threading.Semaphore | None = None,
     ) -> None:
         self.label = label
         self.client = client
@@ -136,6 +137,7 @@ class ProxyWorker:
         self._dump = DumpFile(settings.dump_path) if settings.dump_path else None
         self._dumped: dict[str, Upstream] | None = None
         self._kick = threading.Event()
+        self._kick_slots = kick_slots or threading.Semaphore(1)
         self._kicker: threading.Thread | None = None
         # Traffic policies: what this proxy should get of each upstream. The plan is
         # made on `_view`; `_planned_from` is the store's state it was derived from.
@@ -158,12 +160,23 @@ class ProxyWorker:
 
     def _kick_loop(self) -> None:
         """The propagation kick, off the write path: a change arriving while the GETs
-        run is written at once, and a burst of batches costs one kick per round."""
+        run is written at once, and a burst of batches costs one kick per round.
+
+        Kicks take a slot shared by the syncer's workers: with hundreds of proxies,
+        back-to-back kicks (each `kick_gets` new connections) crowded out the writes.
+        Rounds written while waiting for a slot are covered by the one kick that
+        follows; a proxy not kicked in time still applies on its own timer."""
         while not self.stop.is_set():
             self._kick.wait()
-            self._kick.clear()
-            if not self.stop.is_set():
-                self.client.kick(self.s.kick_gets)
+            while not self._kick_slots.acquire(timeout=0.5):
+                if self.stop.is_set():
+                    return
+            try:
+                self._kick.clear()
+                if not self.stop.is_set():
+                    self.client.kick(self.s.kick_gets)
+            finally:
+                self._kick_slots.release()
 
     def join(self, timeout: float) -> None:
         if self._thread:

@@ -196,3 +196,65 @@ def test_losing_the_lease_stops_the_retries_of_a_write_in_progress():
             assert sim.stats.conflicts == 2 and "u0" not in sim.upstreams()
         finally:
             client.close()
+
+
+def test_kicks_take_a_slot_shared_by_the_workers():
+    """With hundreds of proxies, back-to-back kicks crowded out the writes: a kick
+    waits for a syncer-wide slot, and a round written meanwhile is covered by it."""
+    slots = threading.Semaphore(1)
+    inside: list[str] = []
+    peak = 0
+    first_entered, second_entered = threading.Event(), threading.Event()
+    kicked = {"p0": threading.Event(), "p1": threading.Event()}
+    lock = threading.Lock()
+
+    class Kicks(DyupsClient):
+        def __init__(self, label: str) -> None:
+            super().__init__(ClientSettings(url="http://127.0.0.1:9"))
+            self.label = label
+
+        def kick(self, count: int) -> int:
+            nonlocal peak
+            with lock:
+                inside.append(self.label)
+                peak = max(peak, len(inside))
+            if self.label == "p1":
+                second_entered.set()
+            else:
+                first_entered.set()
+                # Hold the slot long enough for p1 to enter if the slot did not bind.
+                second_entered.wait(1.0)
+            with lock:
+                inside.remove(self.label)
+            kicked[self.label].set()
+            return count
+
+    stop = threading.Event()
+    workers = [
+        ProxyWorker(
+            label=label,
+            client=Kicks(label),
+            store=Store(["file"]),
+            settings=WorkerSettings(kick_gets=3),
+            metrics=Metrics(),
+            log=log.get("test"),
+            stop=stop,
+            kick_slots=slots,
+        )
+        for label in ("p0", "p1")
+    ]
+    threads = [threading.Thread(target=w._kick_loop, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        workers[0]._kick.set()
+        assert first_entered.wait(5)  # p0 holds the slot, in its kick
+        workers[1]._kick.set()
+        assert kicked["p0"].wait(5) and kicked["p1"].wait(5)
+        assert peak == 1
+    finally:
+        stop.set()
+        for w in workers:
+            w._kick.set()
+        for t in threads:
+            t.join(5)
