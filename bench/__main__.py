@@ -9,7 +9,8 @@ replaces (`bench/baselines/`: full push, poll and diff, every `--interval` secon
 prints one table with the ratios; it is not part of `all`.
 
 `limits` (not in `all`) looks for how many proxies × upstreams one syncer drives with a
-p99 lag of at most 1 s (`bench/limits.py`).
+p99 lag of at most 1 s (`bench/limits.py`); `shards` (not in `all`) runs its load against
+1, 2 and 4 syncer replicas sharing the proxies (`bench/shards.py`).
 
 The simulated proxies run in K child processes, round-robin (`bench/simproc.py`), as
 real proxies are separate nginx processes: by default one per CPU, at most one per
@@ -28,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import discovery, limits, scale, scenarios
+from bench import churn, discovery, limits, scale, scenarios, shards
 from bench.baselines import scenario as baselines
 from bench.harness import (
     POLL_INTERVAL,
@@ -49,10 +50,11 @@ SCENARIOS: dict[str, Callable[[Options], Result]] = {
     "kube-rollout": discovery.kube_rollout,
     "consul-flips": discovery.consul_flips,
     "baselines": baselines.baselines,
-    "churn": scenarios.churn,
+    "churn": churn.churn,
     "reload": scenarios.reload,
     "scale": scale.scale,
     "limits": limits.limits,
+    "shards": shards.shards,
 }
 # What keeps a scenario from running against real proxies (--proxy-url).
 NEEDS_SIMULATORS = {
@@ -69,6 +71,8 @@ NEEDS_SIMULATORS = {
     "nginx worker",
     "scale": "it checks every nginx worker's content and counts requests, from the simulators",
     "baselines": "each strategy runs against fresh, empty simulators",
+    "shards": "it counts the POSTs each proxy got from the simulators, to show that no two "
+    "replicas write one proxy",
     "all": "it runs scenarios that need simulators; run change or limits",
 }
 # How each scenario writes its command line (default: scenarios.command).
@@ -78,6 +82,8 @@ COMMANDS: dict[str, Callable[[str, Options], str]] = {
     "baselines": baselines.command,
     "scale": scale.command,
     "limits": limits.command,
+    "churn": churn.command,
+    "shards": shards.command,
 }
 # The issues' parameters. kube-rollout: services × endpoints, rollout duration;
 # consul-flips: services × instances, 50 flips/s for 60 s, then 20 s at rest.
@@ -88,14 +94,18 @@ DEFAULTS = {
     "kube-rollout": Options(10, 200, 20, 0, 60.0, kick=True, debounce=None),
     "consul-flips": Options(10, 500, 10, 0, 60.0, kick=True, debounce=None, rate=50, rest=20),
     "baselines": baselines.BaselineOptions(10, 200, 10, 0, 60.0, kick=True, debounce=None),
-    # churn: 500 endpoint events/s for 60 s; reload: 30 reloads, one proxy at a time;
-    # scale: upstreams 0 means the issue's two shapes (scale.SHAPES), 30 s at rest each.
-    "churn": Options(10, 200, 10, 0, 60.0, kick=True, debounce=None, rate=500),
+    # churn: 500 endpoint events/s for 60 s, as EndpointSlice events; reload: 30 reloads,
+    # one proxy at a time; scale: upstreams 0 means the issue's two shapes (scale.SHAPES),
+    # 30 s at rest each.
+    "churn": churn.ChurnOptions(10, 200, 10, 0, 60.0, kick=True, debounce=None, rate=500),
     "reload": Options(10, 200, 10, 30, 0.0, kick=True, debounce=None),
     "scale": Options(2, 0, 0, 0, 0.0, kick=True, debounce=None, rest=30),
     # limits: each size of the grid (limits.DEFAULT_PROXIES × DEFAULT_UPSTREAMS) × 10 servers,
     # 20 changes/s for 30 s.
     "limits": limits.LimitsOptions(0, 0, 10, 0, 30.0, kick=True, debounce=None, rate=20),
+    # shards: replicas 1, 2, 4 (as many shards), each 40 proxies × 500 upstreams × 10, the
+    # limits load: 20 changes/s for 30 s. A few minutes here.
+    "shards": shards.ShardsOptions(40, 500, 10, 0, 30.0, kick=True, debounce=None, rate=20),
 }
 # What `all` runs: (scenario, settings on top of its defaults). The last four are
 # diagnostics: the lag of a change when the previous one's kick has finished; the
@@ -128,7 +138,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "10 × 200 services × 20 endpoints, every pod replaced over 60 s; consul-flips 10 × "
         "500 services × 10 instances, 50 health flips/s for 60 s, then 20 s at rest; "
         "churn 10 × 200 × 10, --rate (500) endpoint events/s for --duration (60 s) "
-        "through the file source; reload 10 × 200 × 10, --changes (30) proxy reloads one "
+        "as EndpointSlice writes to the fake API server (--source file: through the file "
+        "source); reload 10 × 200 × 10, --changes (30) proxy reloads one "
         "at a time, each until every nginx worker of the proxy holds every upstream "
         "again; scale: the syncer's memory holding 1,000 × 10 and 5,000 × 20 endpoints "
         "(10,000 and 100,000) with 2 proxies, each after its cold sync and after --rest "
@@ -149,6 +160,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "single-upstream changes/s for --duration (30 s): cold sync time, lag until every "
         "proxy accepted each change, syncer CPU and peak RSS, and whether p99 ≤ 1 s; a size "
         "is skipped once a size no larger in either dimension failed. "
+        "`shards` (not in `all`): for each of --replicas (1,2,4) R, R syncer replicas "
+        "sharing the proxies (leader_election shards: R, or --shards) over the Kubernetes "
+        "source, 40 proxies × 500 services × 10 endpoints, once balanced and synced the "
+        "limits load (20 changes/s for 30 s): lag until every proxy accepted, CPU, RSS, "
+        "shards and proxies per replica, and whether each proxy was written by one "
+        "replica only. "
         "--proxy-url URL … runs change or limits against real dyups proxies instead of "
         "simulators; each proxy is read over HTTP to time the changes.",
     )
@@ -183,6 +200,23 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--servers", type=int, help="servers per upstream; endpoints or instances per service"
     )
     p.add_argument(
+        "--source",
+        choices=list(churn.SOURCES),
+        help="churn: where the endpoint events go: kube, EndpointSlices on the fake API "
+        "server (default), or file, the file source",
+    )
+    p.add_argument(
+        "--replicas",
+        type=_numbers,
+        metavar="R,…",
+        help="shards: the syncer replica counts to run, e.g. 1,2,4 (the default)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        help="shards: the shards of every run (default: as many as its replicas)",
+    )
+    p.add_argument(
         "--changes",
         type=int,
         help="change: single-upstream changes, one at a time; reload: proxy reloads",
@@ -192,7 +226,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         metavar="SECONDS",
         help="steady: idle window; kube-rollout: the rolling restart; consul-flips: the flips; "
-        "baselines: the window of changes; churn: the events; limits: the changes",
+        "baselines: the window of changes; churn: the events; limits, shards: the changes",
     )
     p.add_argument(
         "--interval",
@@ -204,7 +238,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rate",
         type=float,
         metavar="PER_SECOND",
-        help="consul-flips: health flips; churn: endpoint events; limits: upstream changes",
+        help="consul-flips: health flips; churn: endpoint events; limits, shards: upstream changes",
     )
     p.add_argument(
         "--rest",
@@ -247,6 +281,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "servers": (1, 254),
         "changes": (1, scenarios.MAX_CHANGES),
         "sim_processes": (0, 100),
+        "replicas": (1, shards.MAX_REPLICAS),
+        "shards": (1, shards.MAX_SHARDS),
     }
     for name, (low, high) in bounds.items():
         value = getattr(args, name)
@@ -272,7 +308,18 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--interval is for baselines only, and must be positive")
     if args.poll_interval is not None and not 0.001 <= args.poll_interval <= 60:
         p.error("--poll-interval must be between 0.001 and 60")
+    _only(p, args)
     return args
+
+
+def _only(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options of one scenario only."""
+    for name, scenario in (("source", "churn"), ("replicas", "shards"), ("shards", "shards")):
+        if getattr(args, name) is not None and args.scenario != scenario:
+            p.error(f"--{name} is for {scenario} only")
+    kube = args.scenario == "shards" or (args.scenario == "churn" and args.source != "file")
+    if args.poll_interval is not None and kube:
+        p.error(f"{args.scenario}: --poll-interval is for the file source, not Kubernetes")
 
 
 def _numbers(text: str) -> list[int]:
@@ -341,12 +388,15 @@ def _real(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ["proxies", "upstreams", "servers", "changes", "duration", "debounce"]
     names += ["poll_interval", "gap", "rate", "rest", "sim_processes", "interval"]
+    names += ["source", "shards"]
     found = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.no_kick and args.scenario != "all":
         found["kick"] = False
     if args.proxy_url:
         found["proxy_urls"] = tuple(args.proxy_url)
         found["proxies"] = len(args.proxy_url)
+    if args.replicas is not None:
+        found["replicas"] = tuple(args.replicas)
     if args.scenario == "limits":
         # The grid is the sizes; `proxies` and `upstreams` keep the largest, for the record.
         found["grid"] = tuple(args.grid)

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from bench.harness import (
     NGINX_WORKERS,
@@ -32,6 +33,7 @@ from bench.harness import (
     Result,
     SyncerProcess,
     answer_times_row,
+    base_spec,
     percentiles_ms,
     upstream_name,
 )
@@ -46,6 +48,7 @@ DRAIN = 2 * READ_MSG_TIMEOUT  # every nginx worker has applied every accepted PO
 ALIVE_EVERY = 1.0  # the drivers check that the syncer still runs this often
 DRIVER_SLACK = 2.0  # a driver stops at this × the duration, done or not
 KUBE_NAMESPACE = "bench"
+KUBE_PORT = 8080  # every EndpointSlice's one port: the port of `base_servers`
 OPT_IN = "dyups-syncer.io/upstream"
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 MAX_SERVICES = 4000  # kube-rollout: pod addresses 10.0-15.x.y (old), 10.16-31.x.y (new)
@@ -60,6 +63,11 @@ Versions = dict[str, list[tuple[float, State]]]  # upstream → (stamp, state), 
 
 def server_addresses(body: str) -> list[str]:
     return _SERVER.findall(body)
+
+
+def servers_state(_name: str, body: str) -> State:
+    """An upstream's state, for `lag_figures`: the set of its servers."""
+    return frozenset(server_addresses(body))
 
 
 def _rows_common(
@@ -270,11 +278,11 @@ def wait_final(
     return time.monotonic()
 
 
-def _final(versions: Versions) -> dict[str, State]:
+def final_states(versions: Versions) -> dict[str, State]:
     return {name: states[-1][1] for name, states in versions.items() if len(states) > 1}
 
 
-def _catch_up_rows(
+def catch_up_rows(
     what: str, caught_up: float | None, began: float, ended: float, cpu_done: float
 ) -> list[tuple[str, str]]:
     if caught_up is None:
@@ -289,7 +297,7 @@ def _catch_up_rows(
     ]
 
 
-def _cold_sync(bench: Bench, syncer: SyncerProcess, names: set[str]) -> float:
+def cold_sync(bench: Bench, syncer: SyncerProcess, names: set[str]) -> float:
     trackers = bench.wait_synced(names, SYNC_TIMEOUT)
     synced = max(max(t.first.values()) for t in trackers) - syncer.started
     bench.sleep(SETTLE)
@@ -298,14 +306,14 @@ def _cold_sync(bench: Bench, syncer: SyncerProcess, names: set[str]) -> float:
     return synced
 
 
-def _lateness_row(late: list[float]) -> tuple[str, str]:
+def lateness_row(late: list[float]) -> tuple[str, str]:
     return (
         "driver behind its schedule: p50 / p90 / p99 / max (ms)",
         percentiles_ms([max(0.0, x) for x in late]),
     )
 
 
-def _calls_row(calls: list[float]) -> tuple[str, str]:
+def calls_row(calls: list[float]) -> tuple[str, str]:
     """The lag runs from just before the call that changes the fake: it includes this."""
     return (
         "the fake's change call (in the lag): p50 / p90 / p99 / max (ms)",
@@ -313,7 +321,7 @@ def _calls_row(calls: list[float]) -> tuple[str, str]:
     )
 
 
-def _metric_rows(metrics: Metrics) -> list[tuple[str, str]]:
+def metric_rows(metrics: Metrics) -> list[tuple[str, str]]:
     """The syncer's own view: its sync lag, from the origin's change time."""
     lag = "dyups_syncer_sync_lag_seconds"
     count = metrics.total(f"{lag}_count")
@@ -330,11 +338,77 @@ def _metric_rows(metrics: Metrics) -> list[tuple[str, str]]:
     ]
 
 
-# ----------------------------------------------------------------- kube-rollout
+# ----------------------------------------------------------------- Kubernetes objects
 
 
 def _service_name(k: int) -> str:
     return f"web-{k:05d}"
+
+
+def kube_source(kube: FakeKubeAPI) -> dict[str, Any]:
+    """The syncer's source: the fake, every other setting at its default."""
+    return {"type": "kubernetes", "client": {"api_url": kube.url}}
+
+
+def opt_in(kube: FakeKubeAPI, k: int) -> None:
+    """Service k, opted in as upstream k (`upstream_name`)."""
+    annotations = {OPT_IN: upstream_name(k)}
+    kube.apply(kube_service(KUBE_NAMESPACE, _service_name(k), annotations=annotations))
+
+
+def _slice(k: int, eps: list[JSON], wall: float) -> JSON:
+    """Service k's one EndpointSlice; its trigger time `wall` (the time of the change,
+    as the EndpointSlice controller sets it) is where the syncer's sync_lag starts."""
+    return endpoint_slice(
+        KUBE_NAMESPACE,
+        f"{_service_name(k)}-ep",
+        service=_service_name(k),
+        endpoints=eps,
+        ports=[endpoint_port(KUBE_PORT)],
+        annotations={TRIGGER_TIME: micro_time(datetime.fromtimestamp(wall, UTC))},
+    )
+
+
+class KubeServices:
+    """`services` Services opted in as upstreams u00000…, each with one EndpointSlice of
+    ready endpoints: the upstreams of `base_spec` (servers `10.a.b.c:8080`), on the fake
+    API server, for the Kubernetes source."""
+
+    def __init__(self, kube: FakeKubeAPI, services: int, endpoints: int) -> None:
+        self.kube = kube
+        self.spec = base_spec(services, endpoints)
+        self._index = {name: k for k, name in enumerate(self.spec)}
+        wall = time.time()
+        for k, servers in enumerate(self.spec.values()):
+            opt_in(kube, k)
+            kube.apply(_slice(k, _ready(servers), wall))
+
+    def source(self) -> dict[str, Any]:
+        return kube_source(self.kube)
+
+    def set(self, upstream: str, servers: Sequence[str]) -> float:
+        """The endpoints of the upstream's service become `servers` (`address:KUBE_PORT`
+        each), in one slice write; returns time.monotonic() just before the fake's
+        change call."""
+        self.spec[upstream] = list(servers)
+        eps = _ready(servers)
+        wall, stamp = time.time(), time.monotonic()
+        self.kube.apply(_slice(self._index[upstream], eps, wall))
+        return stamp
+
+
+def _ready(servers: Sequence[str]) -> list[JSON]:
+    """Ready endpoints of `address:KUBE_PORT` servers (a slice has one port for all)."""
+    eps = []
+    for server in servers:
+        address, _, port = server.rpartition(":")
+        if port != str(KUBE_PORT):
+            raise BenchError(f"{server}: an EndpointSlice here serves port {KUBE_PORT} only")
+        eps.append(endpoint(address))
+    return eps
+
+
+# ----------------------------------------------------------------- kube-rollout
 
 
 def pod_address(k: int, j: int, *, new: bool) -> str:
@@ -376,14 +450,7 @@ def rollout_slice(k: int, pods: int, done: int, wall: float) -> JSON:
                     node_name="node-a",
                 )
             )
-    return endpoint_slice(
-        KUBE_NAMESPACE,
-        f"{_service_name(k)}-ep",
-        service=_service_name(k),
-        endpoints=eps,
-        ports=[endpoint_port(8080)],
-        annotations={TRIGGER_TIME: micro_time(datetime.fromtimestamp(wall, UTC))},
-    )
+    return _slice(k, eps, wall)
 
 
 def rollout_progress_of(done: int) -> int:
@@ -399,13 +466,11 @@ def kube_rollout(opts: Options) -> Result:
     with Bench(opts.proxies, opts.processes) as bench:
         kube = bench.enter_context(FakeKubeAPI())
         for k in range(services):
-            annotations = {OPT_IN: upstream_name(k)}
-            kube.apply(kube_service(KUBE_NAMESPACE, _service_name(k), annotations=annotations))
+            opt_in(kube, k)
             kube.apply(rollout_slice(k, pods, 0, time.time()))
-        source = {"type": "kubernetes", "client": {"api_url": kube.url}}
-        syncer = bench.start_syncer(opts, [source])
+        syncer = bench.start_syncer(opts, [kube_source(kube)])
         names = {upstream_name(k) for k in range(services)}
-        synced = _cold_sync(bench, syncer, names)
+        synced = cold_sync(bench, syncer, names)
         logs = [PostLog(sim) for sim in bench.sims]
         # Services start in turn, spread over one step interval: a steady write rate.
         schedule = sorted(
@@ -441,7 +506,7 @@ def kube_rollout(opts: Options) -> Result:
         def state_of(_name: str, body: str) -> State:
             return rollout_progress(body, pods)
 
-        caught_up = wait_final(bench, logs, _final(versions), state_of, SYNC_TIMEOUT)
+        caught_up = wait_final(bench, logs, final_states(versions), state_of, SYNC_TIMEOUT)
         cpu_done = syncer.cpu_seconds() - cpu0
         bench.sleep(DRAIN)
         for log in logs:
@@ -460,11 +525,11 @@ def kube_rollout(opts: Options) -> Result:
                 f"({interval * 1000:.0f} ms apart per service); {writes} of "
                 f"{len(schedule)} slice writes made, in {window:.1f} s ({writes / window:.0f}/s)",
             ),
-            _lateness_row(late),
-            _calls_row(calls),
+            lateness_row(late),
+            calls_row(calls),
             *lag_rows(lags, opts.proxies, opts.debounce_s),
-            *_catch_up_rows("last write", caught_up, began, ended, cpu_done),
-            *_metric_rows(metrics),
+            *catch_up_rows("last write", caught_up, began, ended, cpu_done),
+            *metric_rows(metrics),
             (
                 "fake API: watch events sent in the change window and after; requests since start",
                 f"{sum(kube.events_sent.values()) - events0}; "
@@ -480,10 +545,6 @@ def kube_rollout(opts: Options) -> Result:
 
 def instance_address(k: int, i: int) -> str:
     return f"10.{k // 250}.{k % 250}.{i + 1}"
-
-
-def consul_state(body: str) -> State:
-    return frozenset(server_addresses(body))
 
 
 def _passing(k: int, status: list[bool]) -> frozenset[str]:
@@ -551,7 +612,7 @@ def consul_flips(opts: Options) -> Result:
         started = len(agent.requests)
         syncer = bench.start_syncer(opts, [source])
         names = {upstream_name(k) for k in range(services)}
-        synced = _cold_sync(bench, syncer, names)
+        synced = cold_sync(bench, syncer, names)
         cold_requests = agent.requests[started:]
         logs = [PostLog(sim) for sim in bench.sims]
         statuses = [[True] * instances for _ in range(services)]
@@ -588,15 +649,12 @@ def consul_flips(opts: Options) -> Result:
         bench_cpu = _bench_cpu_rows(bench, bench_cpu0)
         flip_requests = agent.requests[before:]
 
-        def state_of(_name: str, body: str) -> State:
-            return consul_state(body)
-
-        caught_up = wait_final(bench, logs, _final(versions), state_of, SYNC_TIMEOUT)
+        caught_up = wait_final(bench, logs, final_states(versions), servers_state, SYNC_TIMEOUT)
         cpu_done = syncer.cpu_seconds() - cpu0
         bench.sleep(DRAIN)
         for log in logs:
             log.update()
-        lags = lag_figures(versions, logs, state_of, opts.debounce_s)
+        lags = lag_figures(versions, logs, servers_state, opts.debounce_s)
 
         # At rest: only blocking queries should be open, and none should come back.
         rest_from, rest_cpu0 = len(agent.requests), syncer.cpu_seconds()
@@ -619,10 +677,10 @@ def consul_flips(opts: Options) -> Result:
                 f"({made / window:.1f}/s), "
                 f"{crowded} of them within {ISOLATION:g} s of the service's previous flip",
             ),
-            _lateness_row(late),
-            _calls_row(calls),
+            lateness_row(late),
+            calls_row(calls),
             *lag_rows(lags, opts.proxies, opts.debounce_s),
-            *_catch_up_rows("last flip", caught_up, began, ended, cpu_done),
+            *catch_up_rows("last flip", caught_up, began, ended, cpu_done),
             *_request_rows("during the flips", flip_requests, window),
             *_request_rows("at rest", rest_requests, rest),
             ("blocking queries open at the end of the rest", str(agent.open_blocking)),
@@ -631,7 +689,7 @@ def consul_flips(opts: Options) -> Result:
                 "bench process CPU at rest (the fake's idle cost)",
                 f"{100 * rest_bench / rest:.1f} %",
             ),
-            *_metric_rows(metrics),
+            *metric_rows(metrics),
             *_rows_common(bench, syncer, cpu, window, bench_cpu),
         ]
     return Result(title("consul-flips", opts), command("consul-flips", opts), setup(opts), rows)

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,10 +397,14 @@ def _free_port() -> int:
 
 
 class SyncerProcess:
-    """`python -m syncer.cli run -c CONFIG`, stdout and stderr to a log file."""
+    """`python -m syncer.cli run -c CONFIG`, stdout and stderr to a log file; `listen`:
+    the config's `listen` address, where `metrics` and `state` read it."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    listen = ""  # a stand-in process (a baseline) serves none
+
+    def __init__(self, config: Path, log: Path, listen: str = "") -> None:
         self.log_path = log
+        self.listen = listen
         env = {k: v for k, v in os.environ.items() if not k.startswith("DYUPS_SYNCER_")}
         with log.open("wb") as out:
             self.started = time.monotonic()
@@ -442,6 +446,22 @@ class SyncerProcess:
     def status_mib(self, key: str) -> float:
         """A `kB` line of /proc/PID/status (VmRSS, VmHWM, RssAnon, …), in MiB."""
         return self._status_kib(key) / 1024
+
+    def _get(self, path: str) -> bytes:
+        if not self.listen:
+            raise BenchError("this process serves no /metrics or /state")
+        with urllib.request.urlopen(f"http://{self.listen}{path}", timeout=10) as answer:
+            body: bytes = answer.read()
+            return body
+
+    def metrics(self) -> Metrics:
+        """Its /metrics, now."""
+        return Metrics(self._get("/metrics").decode())
+
+    def state(self) -> dict[str, Any]:
+        """Its /state, now."""
+        state: dict[str, Any] = json.loads(self._get("/state"))
+        return state
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -519,7 +539,8 @@ def simulator_settings(seed: int) -> dict[str, Any]:
 
 
 class Bench:
-    """One run: a temp dir, N simulated proxies and, once started, one syncer process.
+    """One run: a temp dir, N simulated proxies and, once started, a syncer process (or
+    several: replicas, see `start_syncer`).
 
     The simulators run in `processes` child processes (None: one per CPU, at most one
     per proxy), or in this one with 0. With `urls` (real dyups proxies) there are no
@@ -538,10 +559,10 @@ class Bench:
         self._stack = contextlib.ExitStack()
         self.sims: list[Sim] = []
         self.sim_processes: SimProcesses | None = None
-        self.syncer: SyncerProcess | None = None
+        self.syncer: SyncerProcess | None = None  # the first started
+        self.syncers: list[SyncerProcess] = []  # every one started, in order
         self.dir = Path(".")
         self.upstreams_file = Path("upstreams.yaml")
-        self.listen = ""
         self._counted_from: Metrics | None = None  # real proxies: see `reset_counts`
 
     def __enter__(self) -> Bench:
@@ -607,13 +628,24 @@ class Bench:
         return stamp
 
     def start_syncer(
-        self, opts: Options, sources: list[dict[str, Any]] | None = None
+        self,
+        opts: Options,
+        sources: list[dict[str, Any]] | None = None,
+        *,
+        replica: str = "",
+        settings: Mapping[str, Any] | None = None,
     ) -> SyncerProcess:
-        """Start the syncer; `sources` replaces the default file source."""
+        """Start a syncer; `sources` replaces the default file source, `settings` are
+        added to its config (e.g. `leader_election`). Each `replica` (a name) gets a
+        directory of its own for its config, log and snapshot, and a port of its own;
+        without one they are in the run's directory. The first started is `self.syncer`
+        (`metrics` reads it); `check_alive` watches them all."""
         if sources is None:
             file = {"type": "file", "path": str(self.upstreams_file)}
             sources = [{**file, "poll_interval": opts.poll_interval}]
-        self.listen = f"127.0.0.1:{_free_port()}"
+        home = self.dir / replica if replica else self.dir
+        home.mkdir(exist_ok=True)
+        listen = f"127.0.0.1:{_free_port()}"
         config: dict[str, Any] = {
             "sources": sources,
             "proxies": {
@@ -622,8 +654,8 @@ class Bench:
                     for i, url in enumerate(self.urls)
                 ]
             },
-            "snapshot_path": str(self.dir / "snapshot.json"),
-            "listen": self.listen,
+            "snapshot_path": str(home / "snapshot.json"),
+            "listen": listen,
             "log": {"level": "warning", "format": "json"},
         }
         if opts.debounce is not None:
@@ -633,17 +665,21 @@ class Bench:
             # earlier, larger run's upstreams (all prefixed) may go at once.
             config["owned_prefix"] = REAL_PREFIX
             config["max_delete_fraction"] = 1.0
-        path = self.dir / "config.yaml"
+        config.update(settings or {})
+        path = home / "config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        syncer = SyncerProcess(path, self.dir / "syncer.log")
+        syncer = SyncerProcess(path, home / "syncer.log", listen)
         self._stack.callback(syncer.stop)
-        self.syncer = syncer
+        self.syncers.append(syncer)
+        self.syncer = self.syncer or syncer
         return syncer
 
     def check_alive(self) -> None:
-        """BenchError if the syncer or a simulator process has exited."""
-        if self.syncer is not None:
-            self.syncer.check_alive()
+        """BenchError if a syncer or a simulator process has exited. (`syncer` may be a
+        stand-in the scenario set itself: a baseline.)"""
+        for syncer in dict.fromkeys([self.syncer, *self.syncers]):
+            if syncer is not None:
+                syncer.check_alive()
         if self.sim_processes is not None:
             self.sim_processes.check_alive()
 
@@ -785,9 +821,9 @@ class Bench:
             sim.reset_stats()
 
     def metrics(self) -> Metrics:
-        """The syncer's /metrics, now."""
-        with urllib.request.urlopen(f"http://{self.listen}/metrics", timeout=10) as answer:
-            return Metrics(answer.read().decode())
+        """The (first) syncer's /metrics, now."""
+        assert self.syncer is not None, "start the syncer first"
+        return self.syncer.metrics()
 
     def proxy_rows(self, syncer: SyncerProcess) -> list[tuple[str, str]]:
         """Request counts from the simulators' stats (real proxies: the syncer's own

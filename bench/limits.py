@@ -31,15 +31,16 @@ is a lower bound for real nginx proxies, which answer in C on machines of their 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.baselines.scenario import Table
 from bench.harness import (
@@ -58,7 +59,14 @@ from bench.harness import (
     real_proxy_rows,
     upstream_yaml,
 )
-from bench.scenarios import MARKER_WATCH, MAX_CHANGES, SETTLE, marker, proxies_setup
+from bench.scenarios import (
+    MARKER_PORT,
+    MARKER_WATCH,
+    MAX_CHANGES,
+    SETTLE,
+    marker,
+    proxies_setup,
+)
 
 DEFAULT_PROXIES = (10, 25, 50, 100, 200)
 DEFAULT_UPSTREAMS = (500, 2000)
@@ -122,12 +130,18 @@ class Files:
         return bench.write_upstreams_text((self._entries[n] for n in names), self.paths[f])
 
     def change(self, bench: Bench, i: int) -> float:
-        """Change i: the first server of upstream i mod U becomes `marker(i)`."""
-        k = i % len(self.names)
+        """Change i (`changed`); returns the stamp before its file's rename."""
+        k, servers = changed(i, len(self.names), self.servers)
         name = self.names[k]
-        self.spec[name] = [marker(i), *base_servers(k, self.servers)[1:]]
-        self._entries[name] = upstream_yaml(name, self.spec[name])
+        self.spec[name] = servers
+        self._entries[name] = upstream_yaml(name, servers)
         return self.write(bench, k // FILE_UPSTREAMS)
+
+
+def changed(i: int, upstreams: int, servers: int, port: int = MARKER_PORT) -> tuple[int, list[str]]:
+    """Change i: upstream i mod U, its first server replaced by `marker(i, port)`."""
+    k = i % upstreams
+    return k, [marker(i, port), *base_servers(k, servers)[1:]]
 
 
 # ----------------------------------------------------------------- one size
@@ -146,8 +160,11 @@ def reached(watch: Watch, changes: int, upstreams: int) -> list[float | None]:
     return out
 
 
-def _drive(bench: Bench, files: Files, opts: Options) -> tuple[list[float], list[float]]:
-    """The load, open loop; returns each change's stamp, and how late it was written."""
+def drive(
+    bench: Bench, change: Callable[[int], float], opts: Options
+) -> tuple[list[float], list[float]]:
+    """The load, open loop: `change(i)` makes change i and returns its stamp. Returns
+    each change's stamp, and how late it was made."""
     count = round(opts.rate * opts.duration)
     written: list[float] = []
     late: list[float] = []
@@ -156,7 +173,7 @@ def _drive(bench: Bench, files: Files, opts: Options) -> tuple[list[float], list
         due = began + i / opts.rate
         if (ahead := due - time.monotonic()) > 0:
             time.sleep(ahead)
-        stamp = files.change(bench, i)
+        stamp = change(i)
         written.append(stamp)
         late.append(stamp - due)
         if stamp - checked > CHECK_EVERY:
@@ -165,7 +182,7 @@ def _drive(bench: Bench, files: Files, opts: Options) -> tuple[list[float], list
     return written, late
 
 
-def _catch_up(
+def catch_up(
     bench: Bench, watches: Sequence[Watch], changes: int, upstreams: int
 ) -> list[list[float | None]]:
     """Per proxy, `reached`, once every proxy has every change or after CATCH_UP_TIMEOUT."""
@@ -180,7 +197,7 @@ def _catch_up(
     return [reached(w.update(), changes, upstreams) for w in watches]
 
 
-def _load_rows(
+def load_rows(
     bench: Bench, written: list[float], late: list[float], arrived: list[list[float | None]]
 ) -> tuple[list[tuple[str, str]], list[float]]:
     """The lag rows, and the lags (one per change that reached every proxy)."""
@@ -217,15 +234,12 @@ def _load_rows(
     ], lags
 
 
-def _cpu_rows(
-    bench: Bench, syncer_cpu: float, since: tuple[float, float], window: float
+def bench_cpu_rows(
+    bench: Bench, since: tuple[float, float], window: float
 ) -> list[tuple[str, str]]:
-    """CPU over the load, % of one core: the syncer, the bench, the simulators."""
+    """CPU over the load, % of one core: the bench, the simulators."""
     own, children = (now - then for now, then in zip(bench.cpu_seconds(), since, strict=True))
-    rows = [
-        ("syncer CPU during the changes, % of one core", f"{100 * syncer_cpu / window:.0f} %"),
-        ("bench process CPU during the changes, % of one core", f"{100 * own / window:.0f} %"),
-    ]
+    rows = [("bench process CPU during the changes, % of one core", f"{100 * own / window:.0f} %")]
     if bench.sim_processes is not None:
         rows.append(
             (
@@ -256,20 +270,24 @@ def _run_size(bench: Bench, opts: Options, size: Size) -> None:
     watches = bench.watches(*MARKER_WATCH)
     cpu0, bench_cpu0 = syncer.cpu_seconds(), bench.cpu_seconds()
     began = time.monotonic()
-    written, late = _drive(bench, files, opts)
+    written, late = drive(bench, functools.partial(files.change, bench), opts)
     window = time.monotonic() - began
-    cpu_rows = _cpu_rows(bench, syncer.cpu_seconds() - cpu0, bench_cpu0, window)
-    arrived = _catch_up(bench, watches, len(written), size.upstreams)
-    load_rows, lags = _load_rows(bench, written, late, arrived)
-    size.rows += [*real_proxy_rows(watches), *load_rows, *cpu_rows]
+    cpu = syncer.cpu_seconds() - cpu0
+    cpu_rows = [
+        ("syncer CPU during the changes, % of one core", f"{100 * cpu / window:.0f} %"),
+        *bench_cpu_rows(bench, bench_cpu0, window),
+    ]
+    arrived = catch_up(bench, watches, len(written), size.upstreams)
+    rows, lags = load_rows(bench, written, late, arrived)
+    size.rows += [*real_proxy_rows(watches), *rows, *cpu_rows]
     # The proxies' answer times tell a slow proxy (the simulators share the CPUs) from a
     # slow syncer.
     size.rows += [answer_times_row(bench.metrics()), *bench.proxy_rows(syncer)]
     size.rows.append(("syncer warnings and errors logged", syncer.log_summary()))
-    size.passed, size.verdict = _verdict(lags, len(written))
+    size.passed, size.verdict = verdict(lags, len(written))
 
 
-def _verdict(lags: Sequence[float], changes: int) -> tuple[bool, str]:
+def verdict(lags: Sequence[float], changes: int) -> tuple[bool, str]:
     if (missing := changes - len(lags)) > 0:
         return False, f"no: {missing} changes did not reach every proxy"
     if (p99 := _p99(lags)) > TARGET:
@@ -324,20 +342,28 @@ def limits(opts: Options) -> Table:
         command("limits", opts),
         setup(opts),
         columns=[s.label for s in done],
-        cells=_cells(done),
+        cells=cells(done),
     )
     table.rows.append(("largest sizes that passed", _largest(done)))
     return table
 
 
-def _cells(done: Sequence[Size]) -> list[tuple[str, list[str]]]:
-    """A figure per row, a size per column, in the order the figures first come."""
-    verdict = f"p99 ≤ {TARGET:g} s and every change on every proxy"
+class Column(Protocol):
+    """A column of a `Table`: one size, or one replica count (`bench.shards`)."""
+
+    rows: list[tuple[str, str]]
+    verdict: str
+
+
+def cells(done: Sequence[Column]) -> list[tuple[str, list[str]]]:
+    """A figure per row, a column per size, in the order the figures first come; the
+    verdict first."""
+    heading = f"p99 ≤ {TARGET:g} s and every change on every proxy"
     names: dict[str, None] = {}
-    for size in done:
-        names.update(dict.fromkeys(name for name, _ in size.rows))
-    values = [dict(size.rows) for size in done]
-    return [(verdict, [s.verdict for s in done])] + [
+    for column in done:
+        names.update(dict.fromkeys(name for name, _ in column.rows))
+    values = [dict(column.rows) for column in done]
+    return [(heading, [c.verdict for c in done])] + [
         (name, [v.get(name, "—") for v in values]) for name in names
     ]
 

@@ -1,18 +1,15 @@
 """The file-source scenarios: `change` (lag of single changes), `cold` (first sync),
-`steady` (idle cost), `churn` (sustained endpoint events), `reload` (repair after a
-proxy reload). `change` also runs against real proxies (`--proxy-url`)."""
+`steady` (idle cost), `reload` (repair after a proxy reload). `change` also runs against
+real proxies (`--proxy-url`). (`churn` is in `bench.churn`.)"""
 
 from __future__ import annotations
 
 import functools
-import math
-import os
 import random
 import re
 import time
 from collections.abc import Callable
 
-from bench.discovery import State, Versions, lag_figures, lag_rows, server_addresses, wait_final
 from bench.harness import (
     NGINX_WORKERS,
     POLL_INTERVAL,
@@ -22,7 +19,6 @@ from bench.harness import (
     Bench,
     BenchError,
     Options,
-    PostLog,
     Result,
     SyncerProcess,
     Tracker,
@@ -43,10 +39,9 @@ from syncer.testing.dyups import AppliedEvent
 SYNC_TIMEOUT = 120.0  # a whole first sync
 ACCEPT_TIMEOUT = 10.0  # one change, to every proxy
 SETTLE = 1.0  # after a sync: let the trailing verify reads and kicks finish
-CATCH_UP_TIMEOUT = 180.0  # churn: after the events, until every proxy accepted the last state
-DRIVER_SLACK = 2.0  # churn: the driver stops at this × the duration, done or not
 MAX_CHANGES = 65536  # one marker address per change: 10.255.X.Y
-_MARK = re.compile(r"10\.255\.(\d+)\.(\d+):7777")
+MARKER_PORT = 7777  # the file source's; an EndpointSlice's markers have the slice's port
+_MARK = re.compile(r"10\.255\.(\d+)\.(\d+):\d+")
 
 
 def command(scenario: str, opts: Options) -> str:
@@ -128,9 +123,9 @@ def _syncer_rows(
 # ----------------------------------------------------------------- change
 
 
-def marker(i: int) -> str:
+def marker(i: int, port: int = MARKER_PORT) -> str:
     """A server address unique to change `i`, to find its POST in the applied events."""
-    return f"10.255.{i // 256}.{i % 256}:7777"
+    return f"10.255.{i // 256}.{i % 256}:{port}"
 
 
 def _marker_in(text: str) -> int | None:
@@ -308,121 +303,6 @@ def steady(opts: Options) -> Result:
             *_syncer_rows(bench, syncer, "window", cpu, bench_cpu0),
         ]
     return Result(title("steady", opts), command("steady", opts), setup(opts), rows)
-
-
-# ----------------------------------------------------------------- churn
-
-WRITE_EVERY = 0.005  # churn: the file is rewritten at most this often
-MAX_EVENTS = 127 * 65536  # churn: one address per event, 10.128.0.0 – 10.254.255.255
-
-
-def churn_address(i: int) -> str:
-    """The server address event `i` brings in: unique, so no state comes back."""
-    return f"10.{128 + i // 65536}.{i // 256 % 256}.{i % 256}:9000"
-
-
-def _servers_state(_name: str, body: str) -> State:
-    return frozenset(server_addresses(body))
-
-
-def _percent_rows(
-    window: float, syncer_cpu: float, bench: Bench, since: tuple[float, float]
-) -> list[tuple[str, str]]:
-    """CPU of the syncer, the bench process and the simulator processes over `window`:
-    they share the machine's cores."""
-    own, children = (now - then for now, then in zip(bench.cpu_seconds(), since, strict=True))
-    where = "driver" if bench.sim_processes is not None else "driver and simulators"
-    text = f"syncer {100 * syncer_cpu / window:.1f} %; bench process ({where}) "
-    text += f"{100 * own / window:.1f} %"
-    if bench.sim_processes is not None:
-        text += f"; simulator processes ({bench.processes}) {100 * children / window:.1f} %"
-    return [
-        (f"CPU in the change window, % of one core ({os.cpu_count()} CPUs here)", text),
-        (f"syncer CPU (change window, {window:.1f} s)", f"{syncer_cpu:.2f} s"),
-        *bench.cpu_rows(since, "simulators + driver", "driver", ", change window"),
-    ]
-
-
-def churn(opts: Options) -> Result:
-    """`--rate` endpoint events a second for `--duration`, through the file source."""
-    events = round(opts.rate * opts.duration)
-    if events > MAX_EVENTS:
-        raise BenchError(f"churn: at most {MAX_EVENTS} events (--rate × --duration)")
-    rng = random.Random(3)
-    spec = base_spec(opts.upstreams, opts.servers)
-    entries = {name: upstream_yaml(name, servers) for name, servers in spec.items()}
-    with Bench(opts.proxies, opts.processes) as bench:
-        bench.write_upstreams_text(entries.values())
-        syncer = bench.start_syncer(opts)
-        trackers = bench.wait_synced(set(spec), SYNC_TIMEOUT)
-        synced = max(max(t.first.values()) for t in trackers) - syncer.started
-        bench.sleep(SETTLE)
-        bench.reset_counts()
-        logs = [PostLog(sim) for sim in bench.sims]
-        versions: Versions = {n: [(float("-inf"), frozenset(s))] for n, s in spec.items()}
-        late: list[float] = []  # per event: its due time → its write's rename
-        cpu0, bench_cpu0, began = syncer.cpu_seconds(), bench.cpu_seconds(), time.monotonic()
-        deadline, checked = began + DRIVER_SLACK * opts.duration, began
-        made, writes, next_write = 0, 0, began
-        while made < events and (now := time.monotonic()) < deadline:
-            if next_write > now:
-                time.sleep(next_write - now)
-                now = time.monotonic()
-            due = min(events, math.floor((now - began) * opts.rate) + 1)  # event i: i / rate
-            batch: list[tuple[str, State]] = []
-            for i in range(made, due):
-                name = upstream_name(rng.randrange(opts.upstreams))
-                spec[name][rng.randrange(opts.servers)] = churn_address(i)
-                batch.append((name, frozenset(spec[name])))
-            for name in {name for name, _ in batch}:
-                entries[name] = upstream_yaml(name, spec[name])
-            stamp = bench.write_upstreams_text(entries.values())
-            for i, (name, state) in enumerate(batch, start=made):
-                versions[name].append((stamp, state))
-                late.append(stamp - began - i / opts.rate)
-            made, writes, next_write = due, writes + 1, stamp + WRITE_EVERY
-            if stamp - checked > 1.0:
-                bench.check_alive()
-                checked = stamp
-        ended = time.monotonic()
-        window = ended - began
-        cpu = syncer.cpu_seconds() - cpu0
-        cpu_rows = _percent_rows(window, cpu, bench, bench_cpu0)
-        final = {n: states[-1][1] for n, states in versions.items() if len(states) > 1}
-        caught_up = wait_final(bench, logs, final, _servers_state, CATCH_UP_TIMEOUT)
-        cpu_done = syncer.cpu_seconds() - cpu0
-        bench.sleep(2 * READ_MSG_TIMEOUT)  # every nginx worker applies what was accepted
-        for log in logs:
-            log.update()
-        lags = lag_figures(versions, logs, _servers_state, opts.debounce_s)
-        done = f"not within {CATCH_UP_TIMEOUT:g} s"
-        catch_up = [("last write → every proxy accepted everything", done)]
-        if caught_up is not None:
-            catch_up = [
-                ("last write → every proxy accepted everything", f"{caught_up - ended:.2f} s"),
-                (
-                    "syncer CPU from the first event until everything was accepted, % of one core",
-                    f"{100 * cpu_done / (caught_up - began):.1f} %",
-                ),
-            ]
-        rows = [
-            ("cold sync before the window", f"{synced:.2f} s"),
-            (
-                "endpoint events (each replaces one server of one random upstream)",
-                f"{made} of {events} made in {window:.1f} s ({made / window:.0f}/s), in "
-                f"{writes} file writes at least {WRITE_EVERY * 1000:g} ms apart "
-                f"({made / max(1, writes):.1f} events per write)",
-            ),
-            ("event due → its write's rename: p50 / p90 / p99 / max (ms)", percentiles_ms(late)),
-            *lag_rows(lags, opts.proxies, opts.debounce_s),
-            *catch_up,
-            *cpu_rows,
-            answer_times_row(bench.metrics()),
-            *bench.proxy_rows(syncer),
-            ("syncer CPU (since start)", f"{syncer.cpu_seconds():.2f} s"),
-            ("syncer warnings and errors logged", syncer.log_summary()),
-        ]
-    return Result(title("churn", opts), command("churn", opts), setup(opts), rows)
 
 
 # ----------------------------------------------------------------- reload

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.discovery import LagFigures, State, Versions, lag_figures, server_addresses, wait_final
+from bench.discovery import LagFigures, Versions, lag_figures, servers_state, wait_final
 from bench.harness import (
     NGINX_WORKERS,
     POLL_INTERVAL,
@@ -135,10 +135,6 @@ def changes_plan(opts: Options) -> list[tuple[float, int]]:
     return plan
 
 
-def _state(_name: str, body: str) -> State:
-    return frozenset(server_addresses(body))
-
-
 def _start(strategy: str, bench: Bench, opts: BaselineOptions) -> SyncerProcess:
     if strategy == SYNCER:
         return bench.start_syncer(opts)
@@ -177,9 +173,9 @@ def run_strategy(strategy: str, opts: BaselineOptions, plan: list[tuple[float, i
         simulators_cpu = bench.cpu_seconds()[1] - simulators0
         final = {name: states[-1][1] for name, states in versions.items()}
         # Changes made late in the window are accepted after it: wait for them.
-        wait_final(bench, logs, final, _state, 2 * opts.interval + SYNC_TIMEOUT)
+        wait_final(bench, logs, final, servers_state, 2 * opts.interval + SYNC_TIMEOUT)
         return Figures(
-            lags=lag_figures(versions, logs, _state, opts.debounce_s),
+            lags=lag_figures(versions, logs, servers_state, opts.debounce_s),
             window=window,
             posts=[s.posts for s in stats],
             gets=[s.gets for s in stats],

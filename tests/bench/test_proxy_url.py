@@ -13,6 +13,7 @@ from bench.__main__ import main
 from bench.harness import REAL_PREFIX, upstream_name
 from bench.scenarios import marker, marker_index
 from syncer.testing.dyups import DyupsSimulator, Flavour
+from tests.bench.tables import numbers, table
 
 UPSTREAMS = 4
 CHANGES = 12
@@ -43,19 +44,6 @@ def proxies(request: pytest.FixtureRequest) -> Iterator[list[DyupsSimulator]]:
             sim.stop()
 
 
-def _table(markdown: str) -> dict[str, str]:
-    rows = {}
-    for line in markdown.splitlines():
-        if line.startswith("| ") and not line.startswith(("| figure", "|---")):
-            name, value = line[2:-2].split(" | ", 1)
-            rows[name] = value
-    return rows
-
-
-def _numbers(value: str) -> list[float]:
-    return [float(x) for x in value.split(" (")[0].split(" / ")]
-
-
 def test_change_with_proxy_urls(
     proxies: list[DyupsSimulator], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -64,16 +52,16 @@ def test_change_with_proxy_urls(
     assert main([*argv, "--changes", str(CHANGES), "--debounce", "0"]) == 0
 
     out = capsys.readouterr().out
-    rows = _table(out)
+    rows = table(out)
     assert "real proxies" in out.splitlines()[0]
     assert f"--proxy-url {' '.join(urls)}" in out
     assert rows["proxies"].startswith(f"real dyups proxies ({proxies[0].flavour})")
     assert rows["changes accepted by every proxy"] == f"{CHANGES} of {CHANGES}"
-    assert len(_numbers(rows["accept lag p50 / p90 / p99 / max (ms)"])) == 4
+    assert len(numbers(rows["accept lag p50 / p90 / p99 / max (ms)"])) == 4
     interval = next(v for k, v in rows.items() if k.startswith("read interval achieved"))
-    assert len(_numbers(interval)) == 4
+    assert len(numbers(interval)) == 4
     assert rows["failed reads of the proxies"] == "0"
-    assert _numbers(rows["POSTs per proxy (the syncer's count), mean (min–max)"])[0] >= CHANGES
+    assert numbers(rows["POSTs per proxy (the syncer's count), mean (min–max)"])[0] >= CHANGES
 
     for sim in proxies:
         # Every change reached this proxy: a POST carrying its marker was applied.
