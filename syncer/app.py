@@ -23,7 +23,7 @@ from syncer.model import DEFAULT_TRAFFIC, TrafficPolicy, Upstream
 from syncer.plan import Mode, Ownership, Plan, PlanPolicy, plan
 from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour
 from syncer.proxy.fleet import Fleet
-from syncer.proxy.pacing import Budget, kick_count
+from syncer.proxy.pacing import Budget, FairSlots, kick_count
 from syncer.proxy.worker import ProxyWorker, WorkerSettings
 from syncer.snapshot import SnapshotError, SnapshotWriter
 from syncer.snapshot import load as load_snapshot
@@ -32,9 +32,10 @@ from syncer.sources.file import FileSource
 from syncer.state import Store
 
 # Propagation kicks running at once across all proxies (see ProxyWorker._kick_loop):
-# enough that a fleet of tens of proxies is kicked without waiting, few enough that
+# enough that a few tens of proxies, each kicking after every write, never wait for
+# one (the data plane's 50 ms budget has no room for a queue), few enough that
 # hundreds of proxies writing back to back do not spend the interpreter on kicks.
-CONCURRENT_KICKS = 8
+CONCURRENT_KICKS = 32
 
 
 def client_settings(
@@ -194,7 +195,7 @@ class App:
             )
             for s in config.sources
         ]
-        self._kick_slots = threading.Semaphore(CONCURRENT_KICKS)
+        self._kick_slots = FairSlots(CONCURRENT_KICKS)
         self.fleet: Fleet[ProxyConfig] = Fleet(
             make_worker=self._make_worker, store=self.store, metrics=self.metrics, log=self.log
         )

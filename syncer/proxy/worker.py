@@ -43,7 +43,7 @@ from syncer.proxy.dyups import (
     ProxyUnavailable,
     WriteResult,
 )
-from syncer.proxy.pacing import DEFAULT_BUDGET, Budget, TokenBucket, message_cost
+from syncer.proxy.pacing import DEFAULT_BUDGET, Budget, FairSlots, TokenBucket, message_cost
 from syncer.state import DesiredState, Store
 from syncer.traffic import Decision, DecisionMemo, ProxyTraits, next_change
 
@@ -96,7 +96,7 @@ class ProxyWorker:
         may_write: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        kick_slots: threading.Semaphore | None = None,
+        kick_slots: FairSlots | None = None,
     ) -> None:
         self.label = label
         self.client = client
@@ -137,7 +137,7 @@ class ProxyWorker:
         self._dump = DumpFile(settings.dump_path) if settings.dump_path else None
         self._dumped: dict[str, Upstream] | None = None
         self._kick = threading.Event()
-        self._kick_slots = kick_slots or threading.Semaphore(1)
+        self._kick_slots = kick_slots or FairSlots(1)
         self._kicker: threading.Thread | None = None
         # Traffic policies: what this proxy should get of each upstream. The plan is
         # made on `_view`; `_planned_from` is the store's state it was derived from.

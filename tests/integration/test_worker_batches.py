@@ -9,6 +9,7 @@ from syncer.metrics import Metrics
 from syncer.model import Server, Upstream
 from syncer.plan import Mode
 from syncer.proxy.dyups import ClientSettings, DyupsClient, WriteResult
+from syncer.proxy.pacing import FairSlots
 from syncer.proxy.worker import ProxyWorker, WorkerSettings
 from syncer.state import Store
 from syncer.testing.dyups import DyupsSimulator
@@ -201,7 +202,7 @@ def test_losing_the_lease_stops_the_retries_of_a_write_in_progress():
 def test_kicks_take_a_slot_shared_by_the_workers():
     """With hundreds of proxies, back-to-back kicks crowded out the writes: a kick
     waits for a syncer-wide slot, and a round written meanwhile is covered by it."""
-    slots = threading.Semaphore(1)
+    slots = FairSlots(1)
     inside: list[str] = []
     peak = 0
     first_entered, second_entered = threading.Event(), threading.Event()

@@ -1,6 +1,7 @@
 import threading
+import time
 
-from syncer.proxy.pacing import Budget, TokenBucket, kick_count, message_cost
+from syncer.proxy.pacing import Budget, FairSlots, TokenBucket, kick_count, message_cost
 
 
 class Clock:
@@ -50,3 +51,39 @@ def test_kick_count_matches_the_measurement():
     assert kick_count(1) == 1
     assert kick_count(8) > kick_count(4) > kick_count(2)
     assert message_cost("x" * 611) > 611
+
+
+def test_fair_slots_go_to_the_longest_waiter_not_back_to_the_releaser():
+    slots = FairSlots(1)
+    assert slots.acquire(timeout=0)
+    order: list[str] = []
+    waiting = threading.Event()
+
+    def waiter() -> None:
+        waiting.set()
+        assert slots.acquire(timeout=5)
+        order.append("waiter")
+        slots.release()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert waiting.wait(5)
+    # Until the waiter is queued, a re-acquire by the holder could still win; wait
+    # for the queue rather than sleep.
+    deadline = time.monotonic() + 5
+    while not slots.waiting and time.monotonic() < deadline:
+        time.sleep(0.001)
+    slots.release()
+    assert not slots.acquire(timeout=0)  # the slot was handed over, not freed
+    t.join(5)
+    assert order == ["waiter"]
+    assert slots.acquire(timeout=0)  # and freed once the waiter released it
+
+
+def test_fair_slots_timeout_leaves_the_queue_clean():
+    slots = FairSlots(1)
+    assert slots.acquire(timeout=0)
+    assert not slots.acquire(timeout=0.01)
+    assert not slots.waiting
+    slots.release()
+    assert slots.acquire(timeout=0)
