@@ -275,9 +275,18 @@ def parse_document(
     origin: str,
     allow_hostnames: bool = False,
     traffic: TrafficPolicy = DEFAULT_TRAFFIC,
+    reuse: Mapping[str, tuple[str, Upstream]] | None = None,
+    remember: dict[str, tuple[str, Upstream]] | None = None,
 ) -> dict[str, Upstream]:
     """Parse and validate a whole file; SourceDataError names file, line and field.
-    `traffic` is the policy of an upstream without a `traffic:` entry of its own."""
+    `traffic` is the policy of an upstream without a `traffic:` entry of its own.
+
+    `reuse`: what a previous read of this file built, by name, with the repr of the
+    entry it came from; an entry written again unchanged gives the same Upstream
+    without validating its servers again (rebuilding every upstream of a large file
+    on each small change was most of the syncer's CPU in bench limits). `repr`, not
+    `==`, because YAML `true` == 1 and 1.0 == 1 in Python yet validate differently.
+    `remember` (filled if given): the same for this read, to pass as the next `reuse`."""
     try:
         data = yaml.load(text, Loader=_LOADER)
     except _OutOfRange as e:
@@ -322,10 +331,17 @@ def parse_document(
             raise fail(
                 path, f"collides with another upstream named {name!r} (names are case-insensitive)"
             )
-        try:
-            out[name] = _upstream(name, raw, allow_hostnames=allow_hostnames, traffic=traffic)
-        except _At as e:
-            raise fail(path + e.path, e.message) from e
+        key = repr(raw)
+        known = reuse.get(name) if reuse is not None else None
+        if known is not None and known[0] == key:
+            out[name] = known[1]
+        else:
+            try:
+                out[name] = _upstream(name, raw, allow_hostnames=allow_hostnames, traffic=traffic)
+            except _At as e:
+                raise fail(path + e.path, e.message) from e
+        if remember is not None:
+            remember[name] = (key, out[name])
     return out
 
 
@@ -350,6 +366,8 @@ class FileSource(Source):
         self._last_stat: tuple[int, int, int] | None = None
         self._last_digest: str | None = None
         self._bad_digest: str | None = None
+        # The last good read: each entry's repr and what it built (see parse_document).
+        self._built: dict[str, tuple[str, Upstream]] = {}
 
     def read_once(self) -> Mapping[str, Upstream]:
         """Read and validate the file (used by `plan` and `check-config`); raises on error."""
@@ -386,12 +404,15 @@ class FileSource(Source):
         digest = hashlib.sha256(raw).hexdigest()
         if (digest == self._last_digest and self.healthy) or digest == self._bad_digest:
             return
+        remember: dict[str, tuple[str, Upstream]] = {}
         try:
             upstreams = parse_document(
                 raw.decode("utf-8"),
                 origin=str(self.path),
                 allow_hostnames=self.allow_hostnames,
                 traffic=self.traffic,
+                reuse=self._built,
+                remember=remember,
             )
         except (SourceDataError, UnicodeDecodeError) as e:
             self._bad_digest = digest  # counted and logged once per bad content
@@ -399,4 +420,5 @@ class FileSource(Source):
             self.failed("invalid", str(e))
             return
         self._last_digest, self._bad_digest = digest, None
+        self._built = remember
         self.publish(upstreams)

@@ -364,3 +364,29 @@ def test_every_source_gets_the_configured_default_policy(tmp_path, source):
     default = getattr(built, "traffic", None) or built.options.traffic
     assert default == config.traffic.policy()
     assert (default.zone_aware, default.drain_as_backup, default.slow_start) == (True, True, 10.0)
+
+
+def test_an_entry_written_again_unchanged_reuses_what_the_last_read_built():
+    first_text = (
+        "upstreams:\n"
+        "  a: {servers: ['10.0.0.1:80', '10.0.0.2:80']}\n"
+        "  b: {servers: ['10.0.0.3:80']}\n"
+    )
+    built: dict = {}
+    first = parse_document(first_text, origin="f.yaml", remember=built)
+    again: dict = {}
+    second_text = first_text.replace("10.0.0.3:80", "10.0.0.4:80")
+    second = parse_document(second_text, origin="f.yaml", reuse=built, remember=again)
+    assert second["a"] is first["a"]  # unchanged entry: not rebuilt
+    assert second["b"] is not first["b"] and second["b"].servers == (Server("10.0.0.4", 80),)
+    assert set(again) == {"a", "b"}
+
+
+def test_reuse_never_accepts_a_value_that_only_compares_equal():
+    # YAML `true` == 1 in Python, but a boolean weight is invalid: the entry's repr
+    # differs, so it is validated again and refused.
+    good = "upstreams:\n  a: {servers: [{address: '10.0.0.1:80', weight: 1}]}\n"
+    built: dict = {}
+    parse_document(good, origin="f.yaml", remember=built)
+    with pytest.raises(SourceDataError):
+        parse_document(good.replace("weight: 1", "weight: true"), origin="f.yaml", reuse=built)
