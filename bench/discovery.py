@@ -35,6 +35,7 @@ from bench.harness import (
     answer_times_row,
     base_spec,
     percentiles_ms,
+    tuning_flags,
     upstream_name,
 )
 from tests.fakes.consul_agent import FakeConsulAgent, RecordedRequest
@@ -703,13 +704,7 @@ def command(scenario: str, opts: Options) -> str:
     line += f" --upstreams {opts.upstreams} --servers {opts.servers} --duration {opts.duration:g}"
     if scenario == "consul-flips":
         line += f" --rate {opts.rate:g} --rest {opts.rest:g}"
-    if not opts.kick:
-        line += " --no-kick"
-    if opts.debounce is not None:
-        line += f" --debounce {opts.debounce:g}"
-    if opts.sim_processes is not None:
-        line += f" --sim-processes {opts.sim_processes}"
-    return line
+    return line + tuning_flags(opts)  # the poll interval only differs for file sources
 
 
 def title(scenario: str, opts: Options) -> str:

@@ -146,6 +146,21 @@ def proxies_argument(opts: Options) -> str:
     return f"--proxies {opts.proxies}"
 
 
+def tuning_flags(opts: Options) -> str:
+    """The options every scenario's command line repeats when they differ from the
+    defaults: ` --no-kick --debounce S --poll-interval S --sim-processes K`."""
+    line = ""
+    if not opts.kick:
+        line += " --no-kick"
+    if opts.debounce is not None:
+        line += f" --debounce {opts.debounce:g}"
+    if opts.poll_interval != POLL_INTERVAL:
+        line += f" --poll-interval {opts.poll_interval:g}"
+    if opts.sim_processes is not None:
+        line += f" --sim-processes {opts.sim_processes}"
+    return line
+
+
 def upstream_yaml(name: str, servers: Sequence[str]) -> str:
     """One upstream's entry in the file source's YAML, rendered by hand (names and
     addresses here are plain scalars): `yaml.safe_dump` takes 30 ms for 2,000 servers

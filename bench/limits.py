@@ -44,7 +44,6 @@ from typing import Any, Protocol
 
 from bench.baselines.scenario import Table
 from bench.harness import (
-    POLL_INTERVAL,
     Bench,
     BenchError,
     Options,
@@ -57,6 +56,7 @@ from bench.harness import (
     percentiles_ms,
     proxies_argument,
     real_proxy_rows,
+    tuning_flags,
     upstream_yaml,
 )
 from bench.scenarios import (
@@ -392,15 +392,7 @@ def command(scenario: str, opts: Options) -> str:
     else:
         line += " --grid " + ",".join(f"{p}x{u}" for p, u in grid)
     line += f" --servers {opts.servers} --rate {opts.rate:g} --duration {opts.duration:g}"
-    if not opts.kick:
-        line += " --no-kick"
-    if opts.debounce is not None:
-        line += f" --debounce {opts.debounce:g}"
-    if opts.poll_interval != POLL_INTERVAL:
-        line += f" --poll-interval {opts.poll_interval:g}"
-    if opts.sim_processes is not None:
-        line += f" --sim-processes {opts.sim_processes}"
-    return line
+    return line + tuning_flags(opts)
 
 
 def setup(opts: Options) -> str:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from bench.baselines.scenario import Table
 from bench.harness import (
     NGINX_WORKERS,
-    POLL_INTERVAL,
     READ_MSG_TIMEOUT,
     SHM_ZONE_SIZE,
     Bench,
@@ -26,6 +25,7 @@ from bench.harness import (
     SyncerProcess,
     base_spec,
     spread,
+    tuning_flags,
     upstream_yaml,
 )
 from bench.scenarios import content_mismatches
@@ -163,13 +163,7 @@ def command(scenario: str, opts: Options) -> str:
     line = f"python -m bench {scenario} --proxies {opts.proxies} --rest {opts.rest:g}"
     if opts.upstreams:
         line += f" --upstreams {opts.upstreams} --servers {opts.servers or SHAPES[0][1]}"
-    if opts.debounce is not None:
-        line += f" --debounce {opts.debounce:g}"
-    if opts.poll_interval != POLL_INTERVAL:
-        line += f" --poll-interval {opts.poll_interval:g}"
-    if opts.sim_processes is not None:
-        line += f" --sim-processes {opts.sim_processes}"
-    return line
+    return line + tuning_flags(opts)  # --no-kick too, which this line used to leave out
 
 
 def setup(opts: Options) -> str:

@@ -31,6 +31,7 @@ from bench.harness import (
     proxies_argument,
     real_proxy_rows,
     spread,
+    tuning_flags,
     upstream_name,
     upstream_yaml,
 )
@@ -55,17 +56,9 @@ def command(scenario: str, opts: Options) -> str:
         line += f" --duration {opts.duration:g} --rate {opts.rate:g}"
     if scenario == "reload":
         line += f" --changes {opts.changes}"
-    if not opts.kick:
-        line += " --no-kick"
-    if opts.debounce is not None:
-        line += f" --debounce {opts.debounce:g}"
-    if opts.poll_interval != POLL_INTERVAL:
-        line += f" --poll-interval {opts.poll_interval:g}"
     if opts.gap:
         line += f" --gap {opts.gap:g}"
-    if opts.sim_processes is not None:
-        line += f" --sim-processes {opts.sim_processes}"
-    return line
+    return line + tuning_flags(opts)
 
 
 def title(scenario: str, opts: Options) -> str:

@@ -48,6 +48,7 @@ from bench.harness import (
     Options,
     SyncerProcess,
     proxy_label,
+    tuning_flags,
     upstream_name,
 )
 from bench.limits import (
@@ -379,13 +380,7 @@ def command(scenario: str, opts: Options) -> str:
         line += f" --shards {opts.shards}"
     line += f" --proxies {opts.proxies} --upstreams {opts.upstreams} --servers {opts.servers}"
     line += f" --rate {opts.rate:g} --duration {opts.duration:g}"
-    if not opts.kick:
-        line += " --no-kick"
-    if opts.debounce is not None:
-        line += f" --debounce {opts.debounce:g}"
-    if opts.sim_processes is not None:
-        line += f" --sim-processes {opts.sim_processes}"
-    return line
+    return line + tuning_flags(opts)  # the poll interval only differs for file sources
 
 
 def setup(opts: Options) -> str:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from bench.discovery import LagFigures, Versions, lag_figures, servers_state, wait_final
 from bench.harness import (
     NGINX_WORKERS,
-    POLL_INTERVAL,
     READ_MSG_TIMEOUT,
     REPO,
     SHM_ZONE_SIZE,
@@ -35,6 +34,7 @@ from bench.harness import (
     base_spec,
     percentiles_ms,
     spread,
+    tuning_flags,
     upstream_name,
 )
 from bench.scenarios import MAX_CHANGES, marker
@@ -277,15 +277,7 @@ def command(scenario: str, opts: Options) -> str:
     line += f" --servers {opts.servers} --duration {opts.duration:g}"
     if isinstance(opts, BaselineOptions):
         line += f" --interval {opts.interval:g}"
-    if not opts.kick:
-        line += " --no-kick"
-    if opts.debounce is not None:
-        line += f" --debounce {opts.debounce:g}"
-    if opts.poll_interval != POLL_INTERVAL:
-        line += f" --poll-interval {opts.poll_interval:g}"
-    if opts.sim_processes is not None:
-        line += f" --sim-processes {opts.sim_processes}"
-    return line
+    return line + tuning_flags(opts)
 
 
 def setup(opts: BaselineOptions, changes: int) -> str:
