@@ -19,6 +19,29 @@ def upstream(name: str, port: int) -> Upstream:
     return Upstream(name, (Server("10.0.0.1", port),))
 
 
+def worker_for(
+    client: DyupsClient,
+    store: Store,
+    settings: WorkerSettings,
+    *,
+    label: str = "p0",
+    metrics: Metrics | None = None,
+    stop: threading.Event | None = None,
+    **extra,
+) -> ProxyWorker:
+    """A worker driven step by step by the test (its thread is never started)."""
+    return ProxyWorker(
+        label=label,
+        client=client,
+        store=store,
+        settings=settings,
+        metrics=metrics or Metrics(),
+        log=log.get("test"),
+        stop=stop or threading.Event(),
+        **extra,
+    )
+
+
 class ChangeOnFirstPost(DyupsClient):
     """A client that, right after its first POST, lets the source change two upstreams:
     the one just written and the last one of the batch."""
@@ -48,14 +71,11 @@ def test_a_change_mid_batch_skips_only_the_superseded_write():
             changed,
             lambda: store.publish("file", second),
         )
-        worker = ProxyWorker(
-            label="p0",
-            client=client,
-            store=store,
-            settings=WorkerSettings(debounce=0.0, kick_gets=0),
+        worker = worker_for(
+            client,
+            store,
+            WorkerSettings(debounce=0.0, kick_gets=0),
             metrics=metrics,
-            log=log.get("test"),
-            stop=threading.Event(),
         )
         try:
             worker.step()  # plans the first version; the second arrives after u0's POST
@@ -95,14 +115,11 @@ def test_a_reload_clears_names_no_longer_desired_from_what_the_worker_believes()
     metrics = Metrics()
     with DyupsSimulator(workers=1) as sim:
         client = DyupsClient(ClientSettings(url=sim.url))
-        worker = ProxyWorker(
-            label="p0",
-            client=client,
-            store=store,
-            settings=WorkerSettings(debounce=0.0, kick_gets=0, mode=Mode.UPSERT_ONLY),
+        worker = worker_for(
+            client,
+            store,
+            WorkerSettings(debounce=0.0, kick_gets=0, mode=Mode.UPSERT_ONLY),
             metrics=metrics,
-            log=log.get("test"),
-            stop=threading.Event(),
         )
         try:
             worker.step()
@@ -132,14 +149,10 @@ def test_a_delete_refused_on_every_attempt_is_retried_not_forgotten():
     )
     with DyupsSimulator(workers=1, trylock=True) as sim:
         client = DyupsClient(ClientSettings(url=sim.url))
-        worker = ProxyWorker(
-            label="p0",
-            client=client,
-            store=store,
-            settings=settings,
-            metrics=Metrics(),
-            log=log.get("test"),
-            stop=threading.Event(),
+        worker = worker_for(
+            client,
+            store,
+            settings,
         )
         try:
             worker.step()
@@ -181,14 +194,10 @@ def test_losing_the_lease_stops_the_retries_of_a_write_in_progress():
                 return super().upsert(up)
 
         client = LoseLeaseOnSecondConflict(ClientSettings(url=sim.url, verify_after_write=False))
-        worker = ProxyWorker(
-            label="p0",
-            client=client,
-            store=store,
-            settings=settings,
-            metrics=Metrics(),
-            log=log.get("test"),
-            stop=threading.Event(),
+        worker = worker_for(
+            client,
+            store,
+            settings,
             may_write=leading.is_set,
         )
         try:
@@ -232,13 +241,11 @@ def test_kicks_take_a_slot_shared_by_the_workers():
 
     stop = threading.Event()
     workers = [
-        ProxyWorker(
+        worker_for(
+            Kicks(label),
+            Store(["file"]),
+            WorkerSettings(kick_gets=3),
             label=label,
-            client=Kicks(label),
-            store=Store(["file"]),
-            settings=WorkerSettings(kick_gets=3),
-            metrics=Metrics(),
-            log=log.get("test"),
             stop=stop,
             kick_slots=slots,
         )
