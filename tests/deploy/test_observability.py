@@ -33,6 +33,8 @@ ALERTS = [
     "DyupsSyncerPlanRefused",
     "DyupsSyncerSourceDown",
     "DyupsSyncerVerifyFailures",
+    "DyupsSyncerShardUnheld",
+    "DyupsSyncerShardsBlocked",
 ]
 WAIT = 20.0  # upper bound for the daemon to reach a state; never a timing assertion
 
