@@ -49,7 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "proxies": {
             "kubernetes": {"enabled": False},
             "static": [
-                {"url": "http://10.0.0.5:8081", "name": "edge-1"},
+                {"url": "http://10.0.0.5:8081", "name": "edge-1", "zone": "eu-west-1a"},
                 {"url": "http://10.0.0.6:8081", "name": "edge-2", "nginx_workers": 8},
             ],
         },
@@ -440,6 +440,7 @@ def test_consul_static(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert [p["name"] for p in config["proxies"]["static"]] == ["edge-1", "edge-2"]
     assert config["proxies"]["static"][1]["nginx_workers"] == 8
     assert config["proxies"]["static"][0]["nginx_workers"] == 2
+    assert config["proxies"]["static"][0]["zone"] == "eu-west-1a"  # for zone-aware upstreams
     env = {e["name"]: e for e in syncer_container(docs)["env"]}
     assert env["CONSUL_HTTP_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "consul-token",
@@ -697,4 +698,15 @@ def test_values_that_cannot_work_together_fail_clearly(
     values: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(Exception, match=re.escape(message)):
+        render(values)
+
+
+def test_a_static_proxy_zone_that_is_not_a_label_value_is_refused_by_the_schema() -> None:
+    values = {
+        "proxies": {
+            "kubernetes": {"enabled": False},
+            "static": [{"url": "http://10.0.0.5:8081", "name": "edge-1", "zone": "eu west;"}],
+        }
+    }
+    with pytest.raises(Exception, match="zone"):
         render(values)
