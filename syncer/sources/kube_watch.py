@@ -100,7 +100,10 @@ class ListWatch:
         if response is not None:
             try:
                 response.shutdown()
-            except (AttributeError, OSError):
+            # AttributeError: an urllib3 without shutdown(); ValueError, RuntimeError:
+            # urllib3 2.x's shutdown() when the response has no socket to shut, or its
+            # connection already went back to the pool (it logged `source_crashed`).
+            except (AttributeError, OSError, ValueError, RuntimeError):
                 response.close()
 
     # ------------------------------------------------------------------ list

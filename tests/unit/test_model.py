@@ -1,3 +1,4 @@
+import ipaddress
 import string
 
 import pytest
@@ -11,6 +12,7 @@ from syncer.model import (
     ParseError,
     Server,
     Upstream,
+    canonical_host,
     check_unique,
     normalize_name,
     parse_detail,
@@ -293,3 +295,24 @@ def test_a_number_past_the_int_to_str_limit_is_a_model_error():
 
     with pytest.raises(ModelError, match="port must be"):
         Server("10.0.0.1", 10**5000)
+
+
+@given(
+    st.lists(st.integers(0, 999), min_size=4, max_size=4),
+    st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_ipv4_hosts_are_canonical_exactly_as_ipaddress_says(octets, zero_padded):
+    """canonical_host agrees with ipaddress on dotted quads, zero-padded or not: the
+    same canonical text, or a ModelError where ipaddress refuses (a padded octet
+    could be read as octal elsewhere)."""
+    text = ".".join(f"0{o}" if pad else str(o) for o, pad in zip(octets, zero_padded, strict=True))
+    try:
+        want: str | None = str(ipaddress.ip_address(text))
+    except ValueError:
+        want = None
+    canonical_host.cache_clear()
+    if want is None:
+        with pytest.raises(ModelError):
+            canonical_host(text, allow_hostname=False)
+    else:
+        assert canonical_host(text, allow_hostname=False) == want
