@@ -186,6 +186,10 @@ class ShardElector:
         if self._thread:
             self._thread.join(timeout=10)
         self._attempt("leave", partial(self._member.delete, None))
+        # The record written with each release must hold everything created until the
+        # workers stopped, not what the last round saw: an upstream claimed since then
+        # would look foreign to the next holder, for good.
+        self._encoded = encode_payload(self._payload())
         for i, tenure in enumerate(self._tenures):
             if tenure.active or i in self._releasing:
                 tenure.lose(STOPPED)
