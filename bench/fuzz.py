@@ -9,27 +9,33 @@ CI runs the same properties with the derandomized `ci` profile (`pytest tests/fu
 The scheduled long run takes 5 to 7 hours on this 2-core machine (5,000 examples per
 target took 20 min with `--jobs 2` on a busy machine, 14 to 280 s a target, the
 Kubernetes ones slowest): longer than a working session, whose end kills it. So it is
-resumable. Every finished target appends one JSON line to the results file
+resumable. Every target runs in a fresh process of its own, which imports only the
+target's test module. Every finished target appends one JSON line to the results file
 (`--results`, default `.fuzz/long.jsonl`, machine-local and gitignored): target,
-examples, requested examples, failures, seconds (wall and CPU), seed, commit and whether the fuzzed
-code differed from it (`dirty`), the git tree hashes of that code, hypothesis and
-Python versions, timestamp and the failure text. A target interrupted midway writes
-nothing and runs again. Start it, and start it again after each interruption, from
-the repository root, niced and one target at a time so that it can share the machine:
+examples, requested examples, failures, seconds (wall and CPU), seed, commit and whether
+the fuzzed code differed from it (`dirty`), the git tree hashes of `syncer/` and
+`tests/fuzz/`, the files of those two folders that the target's process had loaded
+when it finished with their git blob hashes (`files`), hypothesis and Python versions,
+timestamp and the failure text. A target interrupted midway writes nothing and runs
+again. Start it, and start it again after each interruption, from the repository root,
+niced so that it can share the machine:
 
     nohup setsid python -m bench.fuzz --examples 100000 --jobs 1 --nice 19 --resume > /tmp/fuzz-long.log 2>&1 &
 
 `--resume` skips a target only if the file has a passing line for it with at least
-`--examples` examples on the same fuzzed code: the same git tree hashes of `syncer/` and
-`tests/fuzz/` (computed from the files on disk, tracked or not, when the targets were
-imported; for a clean tree they equal `git rev-parse HEAD:syncer` and
-`HEAD:tests/fuzz`). A result on older parser code is therefore never reused; the run
-says which targets it skips and why, and which it runs again because that code
-changed. The hashes cover neither the installed libraries (the hypothesis version is
-recorded) nor the seed. A failure on the same code outweighs any pass on it (the
-target runs again). `--summary` prints, per target, the figures of its line on the
-current code (a failure first, else the largest run) and whether every target reached
-the requested count on it (exit 0 if so, 1 if not): the figures RELIABILITY.md records.
+`--examples` examples on the same fuzzed code: every file its process had loaded has
+the same blob hash on disk now (tracked or not; for a clean tree, the hash `git
+rev-parse HEAD:PATH` gives). Code the process never loaded cannot have run, so a change
+to, say, `syncer/app.py` keeps the parsers' results, and a change to `syncer/model.py`
+runs every target that loaded it again. A file imported after it changed on disk gets a
+hash that matches nothing. Lines written before `files` was recorded fall back to the
+tree hashes of both folders. The run says which targets it skips and why, and which it
+runs again because their code changed (naming the files). The hashes cover neither the
+installed libraries (the hypothesis version is recorded) nor the seed. A failure on the
+same code outweighs any pass on it (the target runs again). `--summary` prints, per
+target, the figures of its line on the current code (a failure first, else the largest
+run) and whether every target reached the requested count on it (exit 0 if so, 1 if
+not): the figures RELIABILITY.md records.
 
 A shorter look after changing a parser: `python -m bench.fuzz --examples 5000 -k kube`.
 
@@ -56,6 +62,7 @@ import functools
 import hashlib
 import importlib
 import json
+import multiprocessing
 import os
 import platform
 import stat
@@ -108,6 +115,8 @@ class Code:
     commit: str  # git rev-parse HEAD, "" outside a git checkout
     dirty: bool  # the fuzzed paths differed from the commit's
     trees: dict[str, str] = field(default_factory=dict)  # path -> tree hash; {} without git
+    # Every file under FUZZED_PATHS on disk, relative path -> git blob hash; {} without git.
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,10 @@ class Result:
     timestamp: str  # UTC, ISO 8601, when the target finished
     failure: str
     cpu_seconds: float | None = None  # None in the lines written before it was recorded
+    # The fuzzed files the target's process had loaded when it finished (relative path ->
+    # blob hash): the code it can have run. None in the lines written before they were
+    # recorded, which match on `trees` alone.
+    files: dict[str, str] | None = None
 
     @property
     def passed(self) -> bool:
@@ -193,9 +206,10 @@ def _blob(path: Path) -> tuple[str, str] | None:
     return "120000", hashlib.sha1(b"blob %d\0" % len(target) + target).hexdigest()
 
 
-def worktree_tree(prefix: str) -> str:
-    """The tree hash `prefix` would have if committed as it is on disk: tracked and
-    untracked files, not ignored ones (so not __pycache__)."""
+def worktree_blobs(prefix: str) -> dict[str, tuple[str, str]]:
+    """(mode, blob hash) of every file under `prefix` as it is on disk, by path relative
+    to the repository: tracked and untracked files, not ignored ones (so not
+    __pycache__)."""
     listed = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", prefix)
     paths = sorted({p for p in listed.split("\0") if p and os.path.lexists(ROOT / p)})
     blobs: dict[str, tuple[str, str]] = {}
@@ -212,21 +226,57 @@ def worktree_tree(prefix: str) -> str:
     for p, sha in zip(files, hashes, strict=True):
         executable = (ROOT / p).stat().st_mode & stat.S_IXUSR
         blobs[p] = ("100755" if executable else "100644", sha)
+    return blobs
+
+
+def worktree_tree(prefix: str) -> str:
+    """The tree hash `prefix` would have if committed as it is on disk."""
+    blobs = worktree_blobs(prefix)
     return tree_hash({p[len(prefix) + 1 :]: entry for p, entry in blobs.items()})
 
 
 def current_code() -> Code:
     """The fuzzed code on disk now; no trees (so nothing reusable) outside git."""
     try:
-        trees = {p: worktree_tree(p) for p in FUZZED_PATHS}
+        blobs = {p: worktree_blobs(p) for p in FUZZED_PATHS}
     except (OSError, subprocess.CalledProcessError):
         return Code(commit="", dirty=True)
+    trees = {
+        p: tree_hash({f[len(p) + 1 :]: entry for f, entry in under.items()})
+        for p, under in blobs.items()
+    }
+    files = {f: sha for under in blobs.values() for f, (_, sha) in under.items()}
     try:
         commit = _git("rev-parse", "HEAD").strip()
         committed = {p: _git("rev-parse", f"HEAD:{p}").strip() for p in FUZZED_PATHS}
     except subprocess.CalledProcessError:  # no commit yet, or the paths are not in it
-        return Code(commit="", dirty=True, trees=trees)
-    return Code(commit=commit, dirty=trees != committed, trees=trees)
+        return Code(commit="", dirty=True, trees=trees, files=files)
+    return Code(commit=commit, dirty=trees != committed, trees=trees, files=files)
+
+
+def loaded_files(code: Code, modules: Iterable[Any]) -> dict[str, str]:
+    """The fuzzed files among `modules` (normally sys.modules' values), with the blob
+    hash `code` saw: what a target can have run. A file `code` did not see, or one
+    that differs on disk now (it may have been imported after a change), gets a hash
+    that matches nothing, so that its result is never reused."""
+    loaded = {}
+    prefixes = tuple(p + "/" for p in FUZZED_PATHS)
+    for module in modules:
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        try:
+            rel = Path(path).resolve().relative_to(ROOT).as_posix()
+        except ValueError:  # outside the repository: a library
+            continue
+        if rel.startswith(prefixes):
+            loaded[rel] = code.files.get(rel, "unknown")
+    if not code.files:
+        return loaded
+    now = current_code().files
+    return {
+        rel: sha if now.get(rel) == sha else "changed-during-run" for rel, sha in loaded.items()
+    }
 
 
 # --- the targets ------------------------------------------------------------------------
@@ -261,29 +311,30 @@ def targets(modules: Sequence[str] = MODULES) -> dict[str, Callable[..., Any]]:
     return found
 
 
-_loaded: tuple[dict[str, Callable[..., Any]], Code] | None = None
-
-
-def load(examples: int) -> tuple[dict[str, Callable[..., Any]], Code]:
-    """The targets and the code they run, once per process.
+def load(
+    examples: int, modules: Sequence[str] = MODULES
+) -> tuple[dict[str, Callable[..., Any]], Code]:
+    """The targets of `modules` and the code they run.
 
     A process fuzzes the modules it imported, however the files change afterwards (a
     run lasts hours while others edit `syncer/`), so the hashes are taken at import,
-    and a change during the import is refused. Forked workers inherit both; a spawned
-    worker imports, and hashes, again."""
-    global _loaded
-    if _loaded is None:
-        before = current_code()
-        _setup(examples)
-        found = targets()
-        if current_code().trees != before.trees:
-            raise SystemExit("the fuzzed code changed while it was imported: start again")
-        _loaded = found, before
-    return _loaded
+    and a change during the import is refused."""
+    before = current_code()
+    _setup(examples)
+    found = targets(modules)
+    if current_code().files != before.files:
+        raise SystemExit("the fuzzed code changed while it was imported: start again")
+    return found, before
 
 
-def run_target(name: str, examples: int, seed: int | None) -> tuple[Outcome, Code]:
-    found, code = load(examples)
+def module_of(target: str) -> str:
+    return "tests.fuzz." + target.split("::", 1)[0]
+
+
+def run_target(name: str, examples: int, seed: int | None) -> tuple[Outcome, Code, dict[str, str]]:
+    """Run one target; called in a fresh process of its own (see `run`), which imports
+    only the target's module, so that the files it loaded are the code it can have run."""
+    found, code = load(examples, [module_of(name)])
     test: Any = found[name]
     inner = test.hypothesis.inner_test
     calls = 0
@@ -306,14 +357,20 @@ def run_target(name: str, examples: int, seed: int | None) -> tuple[Outcome, Cod
     finally:
         test.hypothesis.inner_test = inner
     seconds = time.perf_counter() - started
-    return Outcome(name, calls, seconds, failures, failure, time.process_time() - cpu), code
+    outcome = Outcome(name, calls, seconds, failures, failure, time.process_time() - cpu)
+    return outcome, code, loaded_files(code, list(sys.modules.values()))
 
 
 # --- the results file -------------------------------------------------------------------
 
 
 def to_result(
-    outcome: Outcome, code: Code, requested: int, seed: int | None, now: datetime.datetime
+    outcome: Outcome,
+    code: Code,
+    requested: int,
+    seed: int | None,
+    now: datetime.datetime,
+    files: Mapping[str, str] | None = None,
 ) -> Result:
     return Result(
         target=outcome.target,
@@ -330,6 +387,7 @@ def to_result(
         python=platform.python_version(),
         timestamp=now.astimezone(datetime.UTC).isoformat(timespec="seconds"),
         failure=outcome.failure,
+        files=None if files is None else dict(files),
     )
 
 
@@ -388,22 +446,35 @@ def append_result(path: Path, result: Result) -> None:
 # --- what to skip -----------------------------------------------------------------------
 
 
-def _changed(old: Mapping[str, str], new: Mapping[str, str]) -> str:
+def same_code(result: Result, code: Code) -> bool:
+    """Whether `result` was fuzzed on the code on disk now: each file its process had
+    loaded is unchanged (other files cannot have run); a line without that list
+    (written before it was recorded) needs the same trees."""
+    if not code.trees:
+        return False
+    if result.files:
+        return all(code.files.get(path) == sha for path, sha in result.files.items())
+    return result.trees == code.trees
+
+
+def _changed(result: Result, code: Code) -> str:
+    if result.files:
+        files = sorted(p for p, sha in result.files.items() if code.files.get(p) != sha)
+        return ", ".join(files)
+    old, new = result.trees, code.trees
     paths = [p for p in sorted(set(old) | set(new)) if old.get(p) != new.get(p)]
     return ", ".join(p + "/" for p in paths)
 
 
-def decide_one(
-    target: str, results: Iterable[Result], trees: Mapping[str, str], examples: int
-) -> Decision:
-    """Whether `target` already passed `examples` examples on the code `trees`.
+def decide_one(target: str, results: Iterable[Result], code: Code, examples: int) -> Decision:
+    """Whether `target` already passed `examples` examples on `code`.
 
     A failure on this code outweighs any pass on it: the bug is there whatever the
     order of the runs, and running again replays it from the example database."""
     mine = [r for r in results if r.target == target]
-    if not trees:
+    if not code.trees:
         return Decision(False, "unknown", "run: the fuzzed code has no git tree hash here")
-    same = [r for r in mine if r.trees == trees]
+    same = [r for r in mine if same_code(r, code)]
     failed = [r for r in same if not r.passed]
     if failed:
         last = failed[-1]
@@ -424,16 +495,16 @@ def decide_one(
         return Decision(
             False,
             "changed",
-            f"run again: {_changed(last.trees, trees) or 'the code'} changed since its "
+            f"run again: {_changed(last, code) or 'the code'} changed since its "
             f"result at {last.revision} on {last.timestamp}",
         )
     return Decision(False, "new", "run: no result yet")
 
 
 def decide(
-    names: Sequence[str], results: Sequence[Result], trees: Mapping[str, str], examples: int
+    names: Sequence[str], results: Sequence[Result], code: Code, examples: int
 ) -> dict[str, Decision]:
-    return {n: decide_one(n, results, trees, examples) for n in names}
+    return {n: decide_one(n, results, code, examples) for n in names}
 
 
 def report_decisions(decisions: Mapping[str, Decision]) -> str:
@@ -452,11 +523,11 @@ def report_decisions(decisions: Mapping[str, Decision]) -> str:
 # --- the summary ------------------------------------------------------------------------
 
 
-def shown(target: str, results: Sequence[Result], trees: Mapping[str, str]) -> Result | None:
+def shown(target: str, results: Sequence[Result], code: Code) -> Result | None:
     """The line the summary shows: the latest failure on this code, else its largest
     passing run, else the latest line on older code (as `decide_one` weighs them)."""
     mine = [r for r in results if r.target == target]
-    same = [r for r in mine if trees and r.trees == trees]
+    same = [r for r in mine if same_code(r, code)]
     failed = [r for r in same if not r.passed]
     if failed:
         return failed[-1]
@@ -466,10 +537,10 @@ def shown(target: str, results: Sequence[Result], trees: Mapping[str, str]) -> R
 
 
 def summary(
-    names: Sequence[str], results: Sequence[Result], trees: Mapping[str, str], examples: int
+    names: Sequence[str], results: Sequence[Result], code: Code, examples: int
 ) -> tuple[str, bool]:
     """The per-target table of the results file, and whether every target passed
-    `examples` examples on the code `trees`."""
+    `examples` examples on `code`."""
     width = max([len("target"), *(len(n) for n in names)])
     lines = [
         f"{'target':<{width}}  {'examples':>8}  {'failures':>8}  {'seconds':>8}  {'cpu s':>8}  "
@@ -477,14 +548,14 @@ def summary(
     ]
     complete = 0
     for name in names:
-        r = shown(name, results, trees)
+        r = shown(name, results, code)
         if r is None:
             lines.append(
                 f"{name:<{width}}  {'-':>8}  {'-':>8}  {'-':>8}  {'-':>8}  {'':<15}  {'':<25}  "
                 "no result"
             )
             continue
-        same = bool(trees) and r.trees == trees
+        same = same_code(r, code)
         if same and r.passed and r.examples >= examples:
             complete += 1
         cpu = "-" if r.cpu_seconds is None else f"{r.cpu_seconds:.1f}"
@@ -492,10 +563,10 @@ def summary(
             f"{name:<{width}}  {r.examples:>8}  {r.failures:>8}  {r.seconds:>8.1f}  {cpu:>8}  "
             f"{r.revision:<15}  {r.timestamp:<25}  {'current' if same else 'older code'}"
         )
-    shown_results = [r for r in (shown(n, results, trees) for n in names) if r is not None]
+    shown_results = [r for r in (shown(n, results, code) for n in names) if r is not None]
     lines.append(
         f"\n{complete} of {len(names)} targets passed {examples} examples on the current code "
-        f"({', '.join(f'{p} {h[:9]}' for p, h in trees.items()) or 'no git'}); shown: "
+        f"({', '.join(f'{p} {h[:9]}' for p, h in code.trees.items()) or 'no git'}); shown: "
         f"{sum(r.examples for r in shown_results)} examples, "
         f"{sum(r.seconds for r in shown_results):.0f} s wall"
     )
@@ -573,11 +644,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         print(f"{args.results}: {bad} unreadable line(s) ignored", flush=True)
     if args.summary:
-        text, complete = summary(names, results, code.trees, args.examples)
+        text, complete = summary(names, results, code, args.examples)
         print(text)
         return 0 if complete else 1
     if args.resume:
-        decisions = decide(names, results, code.trees, args.examples)
+        decisions = decide(names, results, code, args.examples)
         print(report_decisions(decisions), flush=True)
         names = [n for n in names if not decisions[n].skip]
     if args.nice:
@@ -600,9 +671,9 @@ def run(names: Sequence[str], args: argparse.Namespace, code: Code) -> int:
     started = time.perf_counter()
     outcomes: dict[str, Outcome] = {}
 
-    def finish(outcome: Outcome, code: Code) -> None:
+    def finish(outcome: Outcome, code: Code, files: dict[str, str]) -> None:
         now = datetime.datetime.now(datetime.UTC)
-        append_result(args.results, to_result(outcome, code, args.examples, args.seed, now))
+        append_result(args.results, to_result(outcome, code, args.examples, args.seed, now, files))
         status = f"FAILED ({outcome.failures})" if outcome.failure else "ok"
         print(
             f"{outcome.target:<{width}}  {outcome.examples:>8} examples  "
@@ -613,15 +684,14 @@ def run(names: Sequence[str], args: argparse.Namespace, code: Code) -> int:
             print("    " + outcome.failure.replace("\n", "\n    "), flush=True)
         outcomes[outcome.target] = outcome
 
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_target, n, args.examples, args.seed) for n in names]
-            # Recorded as each one finishes, so that a kill loses only the running ones.
-            for future in as_completed(futures):
-                finish(*future.result())
-    else:
-        for name in names:
-            finish(*run_target(name, args.examples, args.seed))
+    # One fresh process per target (spawned: it imports only the target's module), so
+    # that the fuzzed files it loaded are exactly the code the target can have run.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(run_target, n, args.examples, args.seed) for n in names]
+        # Recorded as each one finishes, so that a kill loses only the running ones.
+        for future in as_completed(futures):
+            finish(*future.result())
     ordered = [outcomes[n] for n in names]
     print(table(ordered), flush=True)
     failed = [o.target for o in ordered if o.failure]
