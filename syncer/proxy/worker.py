@@ -126,6 +126,10 @@ class ProxyWorker:
         # every probe interval, each POST resetting its balancer state.
         self._failing: dict[str, tuple[int, float]] = {}
         self._degraded_deletes: set[str] = set()
+        # DELETEs whose connection closed without an answer, not yet counted: a busy
+        # trylock (a conflict) or a reload closing the connection, told apart by the
+        # next attempt (see _write_once).
+        self._closed_deletes: set[str] = set()
         self._lag_recorded: dict[str, float] = {}
         self._last_conflicts: tuple[str, ...] = ()
         self._last_refused: tuple[str, ...] = ()
@@ -514,6 +518,11 @@ class ProxyWorker:
 
     def _write(self, change: Upsert | Delete) -> WriteResult:
         result: WriteResult = self._retrying(self._write_once, change)
+        if change.name in self._closed_deletes:
+            # No attempt followed the close (out of attempts, superseded, stopping):
+            # count it as what a close usually is.
+            self._closed_deletes.discard(change.name)
+            self.m.conflicts.labels(self.label).inc()
         return result
 
     def _sleep(self, seconds: float) -> None:
@@ -584,9 +593,25 @@ class ProxyWorker:
             method, result = "POST", self.client.upsert(change.upstream)
         else:
             method, result = "DELETE", self.client.delete(change.name)
+            self._classify_closed_delete(change.name, result)
         self._observe_request(method, result.outcome.value, result.duration)
         self._log_outcome(change, result)
         return result
+
+    def _classify_closed_delete(self, name: str, result: WriteResult) -> None:
+        """A DELETE closed without an answer is a busy trylock, or a reload closing the
+        connection. Which one, the next attempt tells: after a reload the proxy no
+        longer holds the name (404), after a busy lock it still does. So the close is
+        counted in `conflicts_total` only then (or when no attempt follows, in
+        _write), and a reload does not show as a conflict."""
+        if name in self._closed_deletes:
+            self._closed_deletes.discard(name)
+            if result.outcome is Outcome.GONE:
+                self.log.info("delete_closed_by_reload", upstream=name)
+            else:
+                self.m.conflicts.labels(self.label).inc()
+        if result.outcome is Outcome.CONFLICT and result.status is None:
+            self._closed_deletes.add(name)
 
     def _log_outcome(self, change: Upsert | Delete, result: WriteResult) -> None:
         fields: dict[str, Any] = {
@@ -601,7 +626,8 @@ class ProxyWorker:
         if outcome.done:
             self.log.info(event, **fields)
         elif outcome is Outcome.CONFLICT:
-            self.m.conflicts.labels(self.label).inc()
+            if result.status is not None:  # a closed DELETE is counted once classified
+                self.m.conflicts.labels(self.label).inc()
             self.log.info(event, **fields, status=result.status)
         elif outcome is Outcome.REJECTED:
             self.m.rejected.labels(self.label).inc()

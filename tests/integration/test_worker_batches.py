@@ -266,3 +266,78 @@ def test_kicks_take_a_slot_shared_by_the_workers():
             w._kick.set()
         for t in threads:
             t.join(5)
+
+
+class ReloadBeforeDelete(DyupsClient):
+    """Reloads the proxy right before each DELETE of `name` is sent, as `nginx -s
+    reload` racing a write: the old worker closes the idle keep-alive connection."""
+
+    def __init__(self, settings: ClientSettings, sim: DyupsSimulator, name: str) -> None:
+        super().__init__(settings)
+        self._sim, self._name = sim, name
+        self.deletes = 0
+
+    def delete(self, name: str, *, fresh: bool = False) -> WriteResult:
+        self.deletes += 1
+        if name == self._name and self.deletes == 1:
+            self._sim.reload()
+        return super().delete(name, fresh=fresh)
+
+
+def _conflicts(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("dyups_syncer_conflicts_total", {"proxy": "p0"}) or 0
+
+
+def test_a_delete_closed_by_a_reload_is_not_counted_as_a_conflict():
+    store = Store(["file"])
+    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
+    settings = WorkerSettings(
+        debounce=0.0, kick_gets=0, retry_attempts=3, retry_initial=0.01, retry_max=0.02
+    )
+    metrics = Metrics()
+    with DyupsSimulator(workers=1) as sim:
+        client = ReloadBeforeDelete(ClientSettings(url=sim.url), sim, "u1")
+        worker = worker_for(client, store, settings, metrics=metrics)
+        try:
+            worker.step()
+            assert set(sim.upstreams()) == {"u0", "u1"}
+            store.publish("file", {"u0": upstream("u0", 8000)})
+            worker.step()
+            # The close was the reload's: the retry found u1 gone (404), no conflict.
+            assert client.deletes == 2 and "u1" not in sim.upstreams()
+            assert sim.stats.conflicts == 0 and _conflicts(metrics) == 0
+        finally:
+            client.close()
+
+
+def test_deletes_closed_by_a_busy_lock_are_each_counted():
+    store = Store(["file"])
+    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
+    settings = WorkerSettings(
+        debounce=0.0,
+        kick_gets=0,
+        retry_attempts=3,
+        retry_initial=0.01,
+        retry_max=0.02,
+        resync_interval=3600.0,
+        probe_interval=0.05,
+    )
+    metrics = Metrics()
+    with DyupsSimulator(workers=1, trylock=True) as sim:
+        client = DyupsClient(ClientSettings(url=sim.url))
+        worker = worker_for(client, store, settings, metrics=metrics)
+        try:
+            worker.step()
+            sim.set_conflict_rate(1.0)
+            store.publish("file", {"u0": upstream("u0", 8000)})
+            worker.step()  # three closes in a row, the last with no attempt after it
+            assert sim.stats.conflicts == 3 and _conflicts(metrics) == 3
+            sim.set_conflict_rate(0.0)
+            for _ in range(100):
+                if "u1" not in sim.upstreams():
+                    break
+                worker.step()
+            assert "u1" not in sim.upstreams()
+            assert _conflicts(metrics) == sim.stats.conflicts == 3
+        finally:
+            client.close()
