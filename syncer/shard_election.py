@@ -18,7 +18,8 @@ the shards it holds, and a replica that holds none idles (its watches stay warm)
 * **Mixed configurations**: while a live replica runs with another shard count, or
   a leader of the single Lease (`shards: 1`, e.g. the old pods of a rollout that
   turns sharding on) still holds it, no proxy can be attributed to one writer, so
-  this replica holds its shards but writes nothing. The single Lease's ownership
+  this replica holds its shards but writes nothing; likewise in a round where the
+  single Lease cannot be read (unknown is not free). The single Lease's ownership
   record is imported, so the upstreams its leader created stay ours.
 
 Every shard Lease carries its holder's ownership record, as the single Lease does;
@@ -333,7 +334,10 @@ class ShardElector:
             if _labels(lease).get(SHARDS_LABEL) != str(self.shards)
         ]
         single = self._attempt("single lease", self._read_single)
-        if single:
+        if single is None:
+            # Unknown is not free: a leader of the single Lease may have just started.
+            reasons.append(f"the single Lease {self.cfg.lease_name} could not be read")
+        elif single:
             reasons.append(f"{single} holds the single Lease {self.cfg.lease_name} (shards: 1)")
         blocked = "; ".join(reasons)
         if blocked != self._blocked_by:

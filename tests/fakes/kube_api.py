@@ -592,6 +592,8 @@ class FakeKubeAPI:
         self._thread: threading.Thread | None = None
         self._epoch = 0
         self._started = False
+        # (verb, resource, name or None) -> HTTP code answered instead (see `fail`).
+        self._failing: dict[tuple[str, str, str | None], int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -745,6 +747,24 @@ class FakeKubeAPI:
             self._compacted_rv = self._rv
             self._cond.notify_all()
             return str(self._rv)
+
+    def fail(self, verb: str, resource: str, name: str | None = None, code: int = 500) -> None:
+        """Answer every `verb` request on `resource` (on the object `name`, or on any)
+        with a Status of `code` (500: InternalError), as a failing apiserver or etcd
+        does, until `heal`."""
+        with self._cond:
+            self._failing[(verb, resource, name)] = code
+
+    def heal(self) -> None:
+        with self._cond:
+            self._failing.clear()
+
+    def _injected(self, verb: str, route: _Route) -> int | None:
+        with self._cond:
+            resource = route.rt.resource
+            return self._failing.get((verb, resource, route.name)) or self._failing.get(
+                (verb, resource, None)
+            )
 
     def expire_next_watch(self, count: int = 1, *, as_http: bool | None = None) -> None:
         """The next `count` watch requests get 410 Expired whatever their resourceVersion:
@@ -1019,6 +1039,9 @@ class FakeKubeAPI:
                         404, "NotFound", "the server could not find the requested resource"
                     )
                 )
+            injected = self._injected(verb, route)
+            if injected is not None:
+                raise ApiError(status_object(injected, "InternalError", "injected by the test"))
             if verb == "watch":
                 self._serve_watch(h, route, query, record)
                 return

@@ -660,6 +660,33 @@ def test_raw_writes_patch_delete_and_the_legacy_watch_path(api: FakeKubeAPI) -> 
 # --- leases ------------------------------------------------------------------------------
 
 
+def test_injected_failures_answer_a_status_until_healed(
+    api: FakeKubeAPI, api_client: client.ApiClient
+) -> None:
+    coordination = client.CoordinationV1Api(api_client)
+    coordination.create_namespaced_lease(
+        "kube-system", client.V1Lease.from_dict(ko.lease("kube-system", "syncer", "pod-a"))
+    )
+    api.fail("get", "leases", "syncer")
+    with pytest.raises(ApiException) as info:
+        coordination.read_namespaced_lease("syncer", "kube-system")
+    assert info.value.status == 500
+    assert json.loads(info.value.body)["reason"] == "InternalError"
+    # other verbs and other objects are served
+    assert [
+        lease.metadata.name for lease in coordination.list_namespaced_lease("kube-system").items
+    ] == ["syncer"]
+    api.fail("list", "leases", code=503)
+    with pytest.raises(ApiException) as info:
+        coordination.list_namespaced_lease("kube-system")
+    assert info.value.status == 503
+    api.heal()
+    assert (
+        coordination.read_namespaced_lease("syncer", "kube-system").spec.holder_identity == "pod-a"
+    )
+    assert coordination.list_namespaced_lease("kube-system").items
+
+
 def test_lease_create_read_replace_and_conflicts(
     api: FakeKubeAPI, api_client: client.ApiClient
 ) -> None:

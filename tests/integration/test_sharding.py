@@ -266,3 +266,38 @@ def test_replicas_with_another_shard_count_write_nothing_while_both_run(kube, ma
     publish(kube, "10.0.0.2")
     assert env.wait_converged(desired={"web": up("web", "10.0.0.2:8080")})
     assert eventually(lambda: held(new) == {0, 1, 2, 3})
+
+
+def test_a_single_lease_that_cannot_be_read_blocks_the_writes(kube, make_env):
+    """The single Lease unreadable (the apiserver fails that GET) is not a free single
+    Lease: a leader of it may have just started, so the sharded replicas write nothing
+    until they can read it again; then the change they held back goes out."""
+    env = make_env(2)
+    publish(kube, "10.0.0.1")
+    apps = [start(env, kube, identity, 2) for identity in ("a", "b")]
+    assert eventually(lambda: balanced(apps, 2))
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+
+    kube.fail("get", "leases", LEASE)
+    assert eventually(
+        lambda: all(
+            "the single Lease dyups-syncer could not be read"
+            in (a.state()["leader"]["writes_blocked"] or "")
+            for a in apps
+        )
+    )
+    assert all(metric(a, "dyups_syncer_shards_blocked") == 1 for a in apps)
+    before = [sim.stats.posts for sim in env.sims]
+    publish(kube, "10.0.0.2")
+    wanted = up("web", "10.0.0.2:8080")
+    assert eventually(lambda: all(a.store.current().upstreams.get("web") == wanted for a in apps))
+    # Three more guard rounds (one GET of the single Lease each, every 0.1 s): long
+    # after a worker woken by the change would have written it.
+    gets = kube.count("get", "leases")
+    assert eventually(lambda: kube.count("get", "leases") >= gets + 3 * len(apps))
+    assert [sim.stats.posts for sim in env.sims] == before
+    assert all([s.addr for s in sim.upstreams()["web"]] == ["10.0.0.1:8080"] for sim in env.sims)
+
+    kube.heal()
+    assert env.wait_converged(desired={"web": wanted})
+    assert all(metric(a, "dyups_syncer_shards_blocked") == 0 for a in apps)
