@@ -49,11 +49,13 @@ from syncer.state import DesiredState, Store
 from syncer.traffic import Decision, DecisionMemo, ProxyTraits, next_change
 
 FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps failing
-# A round waiting for held-back changes (see _ready) starts at least this many plan
-# durations after the last one, so that planning stays a small part of a worker's time
-# on proxies with thousands of upstreams; and never sooner than HOLD_GAP_MIN.
-HOLD_GAP_PLANS = 10
-HOLD_GAP_MIN = 0.002
+# With a debounce, a round starts at least this many times its own planning time after
+# the previous one, and at least HOLD_GAP_MIN after it: changes are held back until due
+# (see _ready), so under a steady stream rounds are short and frequent, and planning
+# (over every upstream) must stay a small part of a worker's time, also with thousands
+# of upstreams.
+HOLD_GAP_PLANS = 20
+HOLD_GAP_MIN = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +134,10 @@ class ProxyWorker:
         # every probe interval, each POST resetting its balancer state.
         self._failing: dict[str, tuple[int, float]] = {}
         self._degraded_deletes: set[str] = set()
-        # DELETEs whose connection closed without an answer, not yet counted: a busy
-        # trylock (a conflict) or a reload closing the connection, told apart by the
-        # next attempt (see _write_once).
-        self._closed_deletes: set[str] = set()
+        # DELETEs whose connection closed without an answer, not yet counted (how many
+        # in a row, by name): a busy trylock (a conflict) or a reload closing the
+        # connections, told apart by the next answer (see _classify_closed_delete).
+        self._closed_deletes: dict[str, int] = {}
         self._lag_recorded: dict[str, float] = {}
         self._last_conflicts: tuple[str, ...] = ()
         self._last_refused: tuple[str, ...] = ()
@@ -160,7 +162,7 @@ class ProxyWorker:
         # this worker first planned each, and when the next one is due (monotonic).
         self._first_planned: dict[str, float] = {}
         self._hold_until: float | None = None
-        self._plan_seconds = 0.0
+        self._next_round_at = 0.0  # monotonic: the earliest start of the next round
         self._retrying = self._build_retrying()
 
     # ----------------------------------------------------------------- thread
@@ -271,8 +273,10 @@ class ProxyWorker:
             first = self.store.first_published_after(version)
             if first is not None:
                 wake = first + self.s.debounce
+                offset = time.monotonic() - self._clock()  # our clock -> time.monotonic
                 if self._hold_until is not None:
-                    wake = min(wake, self._hold_until - self._clock() + time.monotonic())
+                    wake = min(wake, self._hold_until + offset)
+                wake = max(wake, self._next_round_at + offset)
                 self.stop.wait(max(0.0, wake - time.monotonic()))
 
     def _went_down(self, error: ProxyError) -> None:
@@ -352,6 +356,7 @@ class ProxyWorker:
     # -------------------------------------------------------------- reconcile
     def reconcile(self, desired: DesiredState) -> Plan:
         assert self._cache is not None
+        started = self._clock()
         record = self.store.proxy_record(self.label)
         ownership = Ownership(frozenset(record.owned), self.s.owned_prefix, self.s.adopt)
         policy = PlanPolicy(
@@ -361,9 +366,7 @@ class ProxyWorker:
             override_breaker=desired.override_breaker,
         )
         view = self._proxy_view(desired)
-        planning = time.perf_counter()
         result = plan(view, self._cache, ownership, policy, applied=record.applied)
-        self._plan_seconds = time.perf_counter() - planning
         self._planned_version = desired.version
         self._dirty = False
         self._retry_at = None
@@ -387,6 +390,8 @@ class ProxyWorker:
         upserts.sort(key=lambda u: desired.changed_at.get(u.name, 0.0))
         deletes = [d for d in result.deletes if self._due(d.name, now)]
         deferred = len(result.upserts) + len(result.deletes) - len(upserts) - len(deletes)
+        planning = self._clock() - started
+        self._next_round_at = started + max(HOLD_GAP_MIN, HOLD_GAP_PLANS * planning)
         upserts = self._ready(desired, upserts, now)
         failed = self._apply(desired, upserts, deletes)
         if failed or deferred:
@@ -412,7 +417,8 @@ class ProxyWorker:
         to 10 proxies that was most of the lag. Held back, a change goes out about
         `debounce` after it happened, and each upstream is still posted at most once
         per `debounce`. Only changes to an upstream the proxy holds are held: creations
-        (a cold start) and repairs (whose change is old) go at once."""
+        (a cold start) and repairs (whose change is old) go at once. Rounds are spaced
+        (HOLD_GAP_MIN, HOLD_GAP_PLANS), which can add up to HOLD_GAP_MIN to a change."""
         debounce = self.s.debounce
         if debounce <= 0:
             self._first_planned.clear()
@@ -434,8 +440,7 @@ class ProxyWorker:
                 ready.append(u)
             else:
                 due = min(due if due is not None else math.inf, now + debounce - age)
-        gap = max(HOLD_GAP_MIN, HOLD_GAP_PLANS * self._plan_seconds)
-        self._hold_until = None if due is None else max(due, now + gap)
+        self._hold_until = None if due is None else max(due, self._next_round_at)
         return ready
 
     def _proxy_view(self, desired: DesiredState) -> Mapping[str, Upstream]:
@@ -576,11 +581,11 @@ class ProxyWorker:
 
     def _write(self, change: Upsert | Delete) -> WriteResult:
         result: WriteResult = self._retrying(self._write_once, change)
-        if change.name in self._closed_deletes:
-            # No attempt followed the close (out of attempts, superseded, stopping):
-            # count it as what a close usually is.
-            self._closed_deletes.discard(change.name)
-            self.m.conflicts.labels(self.label).inc()
+        closes = self._closed_deletes.pop(change.name, 0)
+        if closes:
+            # No answer followed the closes (out of attempts, superseded, stopping):
+            # count them as what a close usually is.
+            self.m.conflicts.labels(self.label).inc(closes)
         return result
 
     def _sleep(self, seconds: float) -> None:
@@ -658,18 +663,21 @@ class ProxyWorker:
 
     def _classify_closed_delete(self, name: str, result: WriteResult) -> None:
         """A DELETE closed without an answer is a busy trylock, or a reload closing the
-        connection. Which one, the next attempt tells: after a reload the proxy no
-        longer holds the name (404), after a busy lock it still does. So the close is
-        counted in `conflicts_total` only then (or when no attempt follows, in
-        _write), and a reload does not show as a conflict."""
-        if name in self._closed_deletes:
-            self._closed_deletes.discard(name)
-            if result.outcome is Outcome.GONE:
-                self.log.info("delete_closed_by_reload", upstream=name)
-            else:
-                self.m.conflicts.labels(self.label).inc()
+        connections (the retry may meet another pooled connection it closed). Which
+        one, the first answer after them tells: after a reload the proxy no longer
+        holds the name (404), after a busy lock it still does. So closes are counted in
+        `conflicts_total` only then (or when no answer follows, in _write), and a
+        reload does not show as conflicts."""
         if result.outcome is Outcome.CONFLICT and result.status is None:
-            self._closed_deletes.add(name)
+            self._closed_deletes[name] = self._closed_deletes.get(name, 0) + 1
+            return
+        closes = self._closed_deletes.pop(name, 0)
+        if not closes:
+            return
+        if result.outcome is Outcome.GONE:
+            self.log.info("delete_closed_by_reload", upstream=name, closes=closes)
+        else:
+            self.m.conflicts.labels(self.label).inc(closes)
 
     def _log_outcome(self, change: Upsert | Delete, result: WriteResult) -> None:
         fields: dict[str, Any] = {
