@@ -16,11 +16,12 @@ servers (the policy keeps them as backup for `drain-seconds`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncer.model import (
     DEFAULT_TRAFFIC,
@@ -133,11 +134,18 @@ def _port_number(value: object, field: str) -> int | None:
 def _label(value: object) -> str:
     """`zone` and `nodeName`: metadata only, so a strange value is dropped rather
     than rejecting the endpoint it describes."""
-    return label_value(value) if isinstance(value, str) else ""
+    return _known_label(value) if isinstance(value, str) else ""
+
+
+@functools.lru_cache(maxsize=4096)  # a few zones and nodes, on every endpoint of every event
+def _known_label(value: str) -> str:
+    return label_value(value)
 
 
 def _for_zones(hints: object) -> tuple[str, ...]:
     """`hints.forZones[].name`, metadata like `zone`: what is not a zone name is dropped."""
+    if hints is None:
+        return ()
     entries = hints.get("forZones") if isinstance(hints, Mapping) else None
     if not isinstance(entries, list):
         return ()
@@ -271,8 +279,7 @@ def _service_port_name(svc: Obj, wanted: str) -> str | Rejection:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Endpoint:
+class _Endpoint(NamedTuple):  # a tuple: built for every endpoint on every slice event
     address: str
     port: int
     ready: bool
@@ -306,25 +313,44 @@ def _slice_endpoints(slice_: Obj, port_name: str, allow_fqdn: bool) -> Iterable[
         return []
     out = []
     for i, ep in enumerate(_list(slice_.get("endpoints"), f"{where}: endpoints")):
-        at = f"{where}: endpoints.{i}"
-        if not isinstance(ep, Mapping):
-            raise _Malformed(at, f"must be a mapping, got {_show(ep)}")
-        addresses = _list(ep.get("addresses"), f"{at}.addresses")
+        # `type(...) is dict` first: JSON gives dicts, and an ABC check per field of
+        # every endpoint of every event was a good part of its cost.
+        if type(ep) is not dict and not isinstance(ep, Mapping):
+            raise _Malformed(f"{where}: endpoints.{i}", f"must be a mapping, got {_show(ep)}")
+        addresses, cond = ep.get("addresses"), ep.get("conditions")
+        if type(addresses) is not list or not (
+            cond is None or type(cond) is dict or isinstance(cond, Mapping)
+        ):
+            at = f"{where}: endpoints.{i}"  # the checks below raise, naming the field
+            addresses = _list(addresses, f"{at}.addresses")
+            cond = _mapping(cond, f"{at}.conditions")
         if not addresses:
             continue
-        cond = _mapping(ep.get("conditions"), f"{at}.conditions")
+        cond = cond or {}
+        address = addresses[0]  # addresses of one endpoint are fungible: use the first
+        ready, serving, terminating = (
+            cond.get("ready"),
+            cond.get("serving"),
+            cond.get("terminating"),
+        )
+        if not (
+            type(address) is str and _is_flag(ready) and _is_flag(serving) and _is_flag(terminating)
+        ):
+            # Field names are built only here: they were most of the cost of a slice event.
+            at = f"{where}: endpoints.{i}"
+            address = _str(address, f"{at}.addresses.0")
+            ready = _flag(ready, f"{at}.conditions.ready")
+            serving = _flag(serving, f"{at}.conditions.serving")
+            terminating = _flag(terminating, f"{at}.conditions.terminating")
         # The API reference: a nil `ready` is an unknown state that consumers should
         # read as ready; a nil `serving` follows `ready`; a nil `terminating` is false.
-        ready = _flag(cond.get("ready"), f"{at}.conditions.ready") is not False
-        serving = _flag(cond.get("serving"), f"{at}.conditions.serving")
-        terminating = _flag(cond.get("terminating"), f"{at}.conditions.terminating")
+        is_ready = ready is not False
         out.append(
             _Endpoint(
-                # Addresses of one endpoint are fungible: use the first.
-                address=_str(addresses[0], f"{at}.addresses.0"),
+                address=address,
                 port=port,
-                ready=ready,
-                serving=ready if serving is None else serving,
+                ready=is_ready,
+                serving=is_ready if serving is None else serving,
                 terminating=terminating is True,
                 zone=_label(ep.get("zone")),
                 node=_label(ep.get("nodeName")),
@@ -333,6 +359,11 @@ def _slice_endpoints(slice_: Obj, port_name: str, allow_fqdn: bool) -> Iterable[
             )
         )
     return out
+
+
+def _is_flag(value: object) -> bool:
+    """What `_flag` accepts: true, false or absent (identity: 1 == True)."""
+    return value is None or value is True or value is False
 
 
 def servers_for(
