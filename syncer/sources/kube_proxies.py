@@ -51,6 +51,18 @@ def node_zone(node: Obj, label: str) -> str:
     return label_value(value) if isinstance(value, str) else ""
 
 
+def node_summary(node: Obj, label: str) -> Obj:
+    """The part of a Node that is read (its name and zone label): what the node watch
+    holds. A whole Node (status with its image list) is tens of KiB, held for every
+    node of the cluster."""
+    meta = node.get("metadata")
+    if not isinstance(meta, Mapping):
+        return node  # malformed: node_zone finds no zone in it either
+    labels = meta.get("labels")
+    kept = {label: labels[label]} if isinstance(labels, Mapping) and label in labels else {}
+    return {"metadata": {"name": meta.get("name"), "labels": kept}}
+
+
 def _node_name(pod: Obj) -> str:
     spec = pod.get("spec")
     name = spec.get("nodeName") if isinstance(spec, Mapping) else None
@@ -142,6 +154,7 @@ class ProxyDiscovery:
                 log=_FailuresLoggedOnce(self.log),
                 # Only the nodes that have the label: one that loses it is DELETED.
                 label_selector=cfg.zone_label,
+                keep=lambda node: node_summary(node, cfg.zone_label),
             )
 
     # ----------------------------------------------------------------- nodes

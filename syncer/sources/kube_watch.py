@@ -49,8 +49,12 @@ class ListWatch:
         connect_timeout: float = 5.0,
         backoff_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        keep: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.kind = kind
+        # What is held of each object (and handed to on_change): all of it by
+        # default; a projection for objects of which little is read (Nodes).
+        self._keep = keep
         self._list_fn = list_fn
         self._on_change = on_change
         self.log = log.bind(resource=kind)
@@ -130,7 +134,7 @@ class ListWatch:
                 raise
             page = json.loads(response.data)
             for obj in page.get("items") or []:
-                items[_key(obj)] = obj
+                items[_key(obj)] = obj if self._keep is None else self._keep(obj)
             meta = page.get("metadata") or {}
             version = str(meta.get("resourceVersion") or "")
             token = meta.get("continue") or None
@@ -200,8 +204,8 @@ class ListWatch:
             self.objects.pop(key, None)
             change: Obj | None = None
         else:
-            self.objects[key] = obj
-            change = obj
+            change = obj if self._keep is None else self._keep(obj)
+            self.objects[key] = change
         if version:
             self.resource_version = str(version)
         self._on_change({key: change})

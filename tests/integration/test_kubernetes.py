@@ -563,6 +563,34 @@ def test_nodes_that_cannot_be_read_leave_proxies_without_a_zone(kube, monkeypatc
         discovery.stop()
 
 
+def test_the_node_watch_holds_only_the_name_and_zone_of_each_node(kube):
+    """A whole Node (its status lists every image on it) is tens of KiB, and the watch
+    holds every labelled node of the cluster: it keeps what it reads, from the list
+    and from watch events alike."""
+    big = node("node-a", zone="a")
+    big["status"]["images"] = [
+        {"names": [f"registry/img-{i}:v1"], "sizeBytes": i} for i in range(500)
+    ]
+    kube.apply(big)
+    kube.apply(pod("edge", "nginx-0", ip="10.1.0.5", labels={"app": "nginx"}, node="node-a"))
+    updates = []
+    discovery = _discovery(kube, RecordingLog(), updates)
+    discovery.start()
+    try:
+        assert eventually(lambda: updates and updates[-1]["nginx-0"].zone == "a")
+        summary = {"metadata": {"name": "node-a", "labels": {ZONE: "a"}}}
+        assert discovery.nodes.objects == {"/node-a": summary}
+        kube.apply(node("node-b", zone="b"))  # a watch event
+        assert eventually(lambda: "/node-b" in discovery.nodes.objects)
+        assert discovery.nodes.objects["/node-b"] == {
+            "metadata": {"name": "node-b", "labels": {ZONE: "b"}}
+        }
+        kube.patch_labels("nodes", "", "node-a", {ZONE: "c"})
+        assert eventually(lambda: updates[-1]["nginx-0"].zone == "c")
+    finally:
+        discovery.stop()
+
+
 @pytest.mark.parametrize("settings", [{"zone_label": ""}, {"zone": "manual"}])
 def test_nodes_are_not_read_when_no_zone_comes_from_them(kube, settings):
     kube.apply(node("node-a", zone="a"))
