@@ -242,41 +242,28 @@ class App:
         le = self.config.leader_election
         if not le.enabled:
             return None
+        # Every backend publishes what this replica owns and reads the leader's record.
+        common: dict[str, Any] = {
+            "config": le,
+            "metrics": self.metrics,
+            "log": self.log,
+            "payload": self.store.export_ownership,
+            "on_payload": self.store.import_ownership,
+        }
         if le.backend == "consul":
             from syncer.consul_lock import ConsulLock
             from syncer.sources.consul import client_from
 
-            return ConsulLock(
-                config=le,
-                client=client_from(le.consul.client),
-                metrics=self.metrics,
-                log=self.log,
-                payload=self.store.export_ownership,
-                on_payload=self.store.import_ownership,
-            )
+            return ConsulLock(client=client_from(le.consul.client), **common)
         from syncer.sources.kubernetes import api_client
 
         if le.shards > 1:
             from syncer.shard_election import ShardElector
 
-            return ShardElector(
-                config=le,
-                api=api_client(le.client),
-                metrics=self.metrics,
-                log=self.log,
-                payload=self.store.export_ownership,
-                on_payload=self.store.import_ownership,
-            )
+            return ShardElector(api=api_client(le.client), **common)
         from syncer.leader import LeaderElector
 
-        return LeaderElector(
-            config=le,
-            api=api_client(le.client),
-            metrics=self.metrics,
-            log=self.log,
-            payload=self.store.export_ownership,
-            on_payload=self.store.import_ownership,
-        )
+        return LeaderElector(api=api_client(le.client), **common)
 
     def _start_kubernetes_parts(self) -> None:
         """Leader election and proxy discovery (imported only when configured)."""
