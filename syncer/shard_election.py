@@ -99,6 +99,7 @@ class ShardElector:
         ]
         self._member = self._contest(member_lease_name(config.lease_name, self.identity), MEMBER)
         self._peers: dict[str, LeaseContest] = {}  # other members' Leases, followed by name
+        self._strays: dict[str, LeaseContest] = {}  # shard Leases beyond `shards`, by name
         self._single = self._contest(config.lease_name, None)  # the Lease of `shards: 1`
         self._releasing: set[int] = set()  # given up last round, released this round
         self._members: frozenset[str] = frozenset({self.identity})
@@ -220,6 +221,7 @@ class ShardElector:
         members = self._live_members(leases)
         self._guard(members)
         self._observe_shards(leases)
+        self._forget_stray_shards(leases)
         if self._rounds > 0:
             self._balance(leases)
         self._rounds += 1
@@ -264,6 +266,25 @@ class ShardElector:
             if holder and holder != self.identity:
                 holders[i] = holder
         self._holders = holders
+
+    def _forget_stray_shards(self, leases: Mapping[str, k8s.V1Lease]) -> None:
+        """Shard Leases beyond `shards`, left by replicas that ran with more: followed
+        (their holders' ownership records are imported, as every Lease's are) and
+        deleted once released or expired, so that a lowered shard count leaves no
+        Leases behind. One still held by a live replica stays (the guard blocks the
+        writes while that replica runs)."""
+        ours = {contest.name for contest in self._contests}
+        strays: dict[str, LeaseContest] = {}
+        for name, lease in leases.items():
+            if _role(lease) != SHARD or name in ours:
+                continue
+            contest = self._strays.get(name) or self._contest(name, SHARD)
+            strays[name] = contest
+            seen = contest.observe(lease)
+            if (not seen.holder or seen.expired) and lease.metadata is not None:
+                version = lease.metadata.resource_version
+                self._attempt(f"forget {name}", partial(contest.delete, version))
+        self._strays = strays
 
     def _balance(self, leases: Mapping[str, k8s.V1Lease]) -> None:
         mine = [i for i, tenure in enumerate(self._tenures) if tenure.active]

@@ -301,3 +301,38 @@ def test_a_single_lease_that_cannot_be_read_blocks_the_writes(kube, make_env):
     kube.heal()
     assert env.wait_converged(desired={"web": wanted})
     assert all(metric(a, "dyups_syncer_shards_blocked") == 0 for a in apps)
+
+
+def test_shard_leases_beyond_the_shard_count_are_deleted_once_free(kube, make_env):
+    """After a rollout that lowers `shards`, the Leases of the shards that no longer
+    exist go: a released one at once, one whose holder died once it has expired."""
+    from syncer.shard_election import GROUP_LABEL, ROLE_LABEL, SHARDS_LABEL
+
+    labels = {GROUP_LABEL: LEASE, ROLE_LABEL: "shard", SHARDS_LABEL: "4"}
+    kube.apply(ko.lease(NS, f"{LEASE}-2", None, labels=labels))  # released at shutdown
+    kube.apply(ko.lease(NS, f"{LEASE}-3", "crashed", lease_duration_seconds=1, labels=labels))
+    env = make_env(2)
+    publish(kube, "10.0.0.1")
+    app = start(env, kube, "a", 2)
+    assert eventually(lambda: held(app) == {0, 1})
+    assert eventually(lambda: kube.get("leases", NS, f"{LEASE}-2") is None)
+    assert eventually(lambda: kube.get("leases", NS, f"{LEASE}-3") is None)
+    names = {lease["metadata"]["name"] for lease in kube.objects("leases", NS)}
+    assert {f"{LEASE}-0", f"{LEASE}-1"} <= names and not names & {f"{LEASE}-2", f"{LEASE}-3"}
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+
+
+def test_a_shard_lease_beyond_the_count_held_by_a_live_replica_stays(kube, make_env):
+    env = make_env(2)
+    publish(kube, "10.0.0.1")
+    old = start(env, kube, "old", 4)
+    assert eventually(lambda: held(old) == {0, 1, 2, 3})
+    new = start(env, kube, "new", 2)
+    assert eventually(lambda: new.state()["leader"]["writes_blocked"] is not None)
+    # Several rounds of the new replica (one LIST each): the old one's Leases stay.
+    lists = kube.count("list", "leases")
+    assert eventually(lambda: kube.count("list", "leases") >= lists + 10)
+    assert kube.get("leases", NS, f"{LEASE}-3")["spec"]["holderIdentity"] == "old"
+    assert not [r for r in kube.requests if r.verb == "delete" and r.name == f"{LEASE}-3"]
+    old.shutdown()  # releases its shards: now they can go
+    assert eventually(lambda: kube.get("leases", NS, f"{LEASE}-3") is None)
