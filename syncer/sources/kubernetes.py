@@ -26,6 +26,7 @@ from syncer.sources.base import Source
 from syncer.sources.kube_translate import (
     Obj,
     Options,
+    ServiceSpec,
     build_upstream,
     parse_service,
     service_of,
@@ -75,6 +76,10 @@ class KubernetesSource(Source):
         self._lock = threading.Condition()
         self._pending: dict[str, float] = {}  # service key → when its change happened
         self._services: dict[str, Obj] = {}
+        # Each Service's parsed annotations, with the object they were parsed from: a
+        # slice event reuses them while the Service is unchanged (it was re-parsed on
+        # every event, a tenth of the source's time under endpoint churn).
+        self._specs: dict[str, tuple[Obj, ServiceSpec | Rejection | None]] = {}
         self._slices_by_service: dict[str, dict[str, Obj]] = defaultdict(dict)
         self._slice_owner: dict[str, str] = {}
         self.table = ServiceUpstreams(
@@ -195,7 +200,7 @@ class KubernetesSource(Source):
     def _recompute(self, key: str) -> str | None:
         """Update the upstream of one service; returns its name if it has one."""
         svc = self._services.get(key)
-        spec = parse_service(svc, self.options) if svc is not None else None
+        spec = self._spec(key, svc)
         if spec is None:  # deleted, or no longer opted in
             self.table.drop(key)
             return None
@@ -204,6 +209,17 @@ class KubernetesSource(Source):
         slices = self._slices_by_service.get(key, {}).values()
         previous = self.table.upstreams.get(key)
         return self.table.update(key, build_upstream(spec, slices, self.options, previous))
+
+    def _spec(self, key: str, svc: Obj | None) -> ServiceSpec | Rejection | None:
+        if svc is None:
+            self._specs.pop(key, None)
+            return None
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] is svc:
+            return cached[1]
+        spec = parse_service(svc, self.options)
+        self._specs[key] = (svc, spec)
+        return spec
 
     def status(self) -> dict[str, Any]:
         out = super().status()

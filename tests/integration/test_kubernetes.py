@@ -244,6 +244,26 @@ def test_bad_annotations_reject_one_service_only(make_env, kube):
     assert set(rejected) == {"shop/web", "shop/other"} and "weight" in rejected["shop/web"]
 
 
+def test_a_changed_service_is_parsed_again_and_kept_for_the_next_slice_events(make_env, kube):
+    """Slice events reuse the Service's parsed annotations while it is unchanged; a
+    change of the Service applies at once and to every later slice event."""
+    kube.apply(opted_in("web"))
+    kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1")))
+    env = make_env(1)
+    env.start(**kube_config(env, kube))
+    assert env.wait_converged(desired={"web": up("web", "10.0.0.1:8080")})
+
+    def weighted(weight, *ips):
+        return Upstream("web", tuple(Server(ip, 8080, weight=weight) for ip in ips))
+
+    kube.apply(opted_in("web", **{f"{P}/weight": "5"}))
+    assert env.wait_converged(desired={"web": weighted(5, "10.0.0.1")})
+    kube.apply(slice_of("web-a", endpoints=eps("10.0.0.1", "10.0.0.2")))
+    assert env.wait_converged(desired={"web": weighted(5, "10.0.0.1", "10.0.0.2")})
+    kube.apply(opted_in("web"))
+    assert env.wait_converged(desired={"web": weighted(1, "10.0.0.1", "10.0.0.2")})
+
+
 def _free_port(hosts):
     while True:
         with socket.socket() as s:
