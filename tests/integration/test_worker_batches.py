@@ -19,6 +19,24 @@ def upstream(name: str, port: int) -> Upstream:
     return Upstream(name, (Server("10.0.0.1", port),))
 
 
+def two_upstreams() -> Store:
+    store = Store(["file"])
+    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
+    return store
+
+
+def quick_retries(attempts: int, retry_max: float, **extra) -> WorkerSettings:
+    """Writes retried `attempts` times, fast; no debounce, no kick."""
+    return WorkerSettings(
+        debounce=0.0,
+        kick_gets=0,
+        retry_attempts=attempts,
+        retry_initial=0.01,
+        retry_max=retry_max,
+        **extra,
+    )
+
+
 def worker_for(
     client: DyupsClient,
     store: Store,
@@ -136,14 +154,10 @@ def test_a_reload_clears_names_no_longer_desired_from_what_the_worker_believes()
 def test_a_delete_refused_on_every_attempt_is_retried_not_forgotten():
     """A DELETE that keeps meeting a busy lock must stay a pending delete: the name is
     still ours and still on the proxy (found by the 100-trial conflict storm)."""
-    store = Store(["file"])
-    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
-    settings = WorkerSettings(
-        debounce=0.0,
-        kick_gets=0,
-        retry_attempts=2,
-        retry_initial=0.01,
-        retry_max=0.05,
+    store = two_upstreams()
+    settings = quick_retries(
+        2,
+        0.05,
         resync_interval=3600.0,  # the repair must not wait for a full re-read
         probe_interval=0.05,  # each step returns within this
     )
@@ -292,11 +306,8 @@ def _conflicts(metrics: Metrics) -> float:
 
 
 def test_a_delete_closed_by_a_reload_is_not_counted_as_a_conflict():
-    store = Store(["file"])
-    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
-    settings = WorkerSettings(
-        debounce=0.0, kick_gets=0, retry_attempts=3, retry_initial=0.01, retry_max=0.02
-    )
+    store = two_upstreams()
+    settings = quick_retries(3, 0.02)
     metrics = Metrics()
     with DyupsSimulator(workers=1) as sim:
         client = ReloadClosesFirstDelete(ClientSettings(url=sim.url), sim, "u1")
@@ -315,17 +326,8 @@ def test_a_delete_closed_by_a_reload_is_not_counted_as_a_conflict():
 
 
 def test_deletes_closed_by_a_busy_lock_are_each_counted():
-    store = Store(["file"])
-    store.publish("file", {"u0": upstream("u0", 8000), "u1": upstream("u1", 8001)})
-    settings = WorkerSettings(
-        debounce=0.0,
-        kick_gets=0,
-        retry_attempts=3,
-        retry_initial=0.01,
-        retry_max=0.02,
-        resync_interval=3600.0,
-        probe_interval=0.05,
-    )
+    store = two_upstreams()
+    settings = quick_retries(3, 0.02, resync_interval=3600.0, probe_interval=0.05)
     metrics = Metrics()
     with DyupsSimulator(workers=1, trylock=True) as sim:
         client = DyupsClient(ClientSettings(url=sim.url))
@@ -358,18 +360,24 @@ class Clocks:
         self.wall += seconds
 
 
+def clocked_worker(sim: DyupsSimulator, debounce: float) -> tuple[Clocks, Store, ProxyWorker]:
+    """A worker on `sim` whose clocks (and its store's) the test moves."""
+    clocks = Clocks()
+    store = Store(["file"], clock=lambda: clocks.wall)
+    settings = WorkerSettings(debounce=debounce, kick_gets=0, probe_interval=0.05)
+    client = DyupsClient(ClientSettings(url=sim.url))
+    worker = worker_for(
+        client, store, settings, clock=lambda: clocks.mono, wall=lambda: clocks.wall
+    )
+    return clocks, store, worker
+
+
 def test_a_change_waits_for_its_debounce_and_no_longer_rides_along_early():
     """A change to an upstream the proxy holds goes out `debounce` after it happened,
     not with the round of an older change; creations go at once; the age counts from
     the origin time, or from when the worker first saw it if the origin is later."""
-    clocks = Clocks()
-    store = Store(["file"], clock=lambda: clocks.wall)
-    settings = WorkerSettings(debounce=0.1, kick_gets=0, probe_interval=0.05)
     with DyupsSimulator(workers=1) as sim:
-        client = DyupsClient(ClientSettings(url=sim.url))
-        worker = worker_for(
-            client, store, settings, clock=lambda: clocks.mono, wall=lambda: clocks.wall
-        )
+        clocks, store, worker = clocked_worker(sim, 0.1)
 
         def port(name: str = "u0") -> int:
             return int(sim.upstreams()[name][0].addr.rsplit(":", 1)[1])
@@ -408,18 +416,12 @@ def test_a_change_waits_for_its_debounce_and_no_longer_rides_along_early():
             worker.reconcile(store.current())
             assert port() == 8003 and port("u1") == 9000
         finally:
-            client.close()
+            worker.client.close()
 
 
 def test_without_debounce_nothing_is_held():
-    clocks = Clocks()
-    store = Store(["file"], clock=lambda: clocks.wall)
-    settings = WorkerSettings(debounce=0.0, kick_gets=0, probe_interval=0.05)
     with DyupsSimulator(workers=1) as sim:
-        client = DyupsClient(ClientSettings(url=sim.url))
-        worker = worker_for(
-            client, store, settings, clock=lambda: clocks.mono, wall=lambda: clocks.wall
-        )
+        _, store, worker = clocked_worker(sim, 0.0)
         try:
             store.publish("file", {"u0": upstream("u0", 8000)})
             worker.step()
@@ -427,4 +429,4 @@ def test_without_debounce_nothing_is_held():
             worker.reconcile(store.current())
             assert sim.upstreams()["u0"][0].addr == "10.0.0.1:8001"
         finally:
-            client.close()
+            worker.client.close()
