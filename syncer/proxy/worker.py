@@ -54,6 +54,10 @@ FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps 
 # (see _ready), so under a steady stream rounds are short and frequent, and planning
 # (over every upstream) must stay a small part of a worker's time, also with thousands
 # of upstreams.
+# Under a stream of writes, propagation kicks start at most this often (see _kick_loop):
+# the data plane then follows within this (plus a kick), well inside the module's own
+# 1 s timer.
+KICK_STREAM_INTERVAL = 0.2
 HOLD_GAP_PLANS = 20
 HOLD_GAP_MIN = 0.01
 
@@ -149,6 +153,7 @@ class ProxyWorker:
         self._dump = DumpFile(settings.dump_path) if settings.dump_path else None
         self._dumped: dict[str, Upstream] | None = None
         self._kick = threading.Event()
+        self._kick_during_last = False  # a round was written while the last kick ran
         self._kick_slots = kick_slots or FairSlots(1)
         self._kicker: threading.Thread | None = None
         # Traffic policies: what this proxy should get of each upstream. The plan is
@@ -182,18 +187,30 @@ class ProxyWorker:
         Kicks take a slot shared by the syncer's workers: with hundreds of proxies,
         back-to-back kicks (each `kick_gets` new connections) crowded out the writes.
         Rounds written while waiting for a slot are covered by the one kick that
-        follows; a proxy not kicked in time still applies on its own timer."""
+        follows; a proxy not kicked in time still applies on its own timer.
+
+        Under a stream of writes (a round was written while the last kick ran), kicks
+        start at most every KICK_STREAM_INTERVAL: rounds are short and frequent then,
+        and back-to-back kicks would open new connections by the thousand a second; a
+        change after a quiet spell is still kicked at once."""
+        last_start = -math.inf
         while not self.stop.is_set():
             self._kick.wait()
+            if self._kick_during_last:
+                while (wait := last_start + KICK_STREAM_INTERVAL - self._clock()) > 0:
+                    if self.stop.wait(min(wait, 0.05)):
+                        return
             while not self._kick_slots.acquire(timeout=0.5):
                 if self.stop.is_set():
                     return
             try:
                 self._kick.clear()
+                last_start = self._clock()
                 if not self.stop.is_set():
                     self.client.kick(self.s.kick_gets)
             finally:
                 self._kick_slots.release()
+            self._kick_during_last = self._kick.is_set()
 
     def join(self, timeout: float) -> None:
         if self._thread:

@@ -14,6 +14,8 @@ from syncer.proxy.worker import ProxyWorker, WorkerSettings
 from syncer.state import Store
 from syncer.testing.dyups import DyupsSimulator
 
+from .conftest import eventually
+
 
 def upstream(name: str, port: int) -> Upstream:
     return Upstream(name, (Server("10.0.0.1", port),))
@@ -430,3 +432,60 @@ def test_without_debounce_nothing_is_held():
             assert sim.upstreams()["u0"][0].addr == "10.0.0.1:8001"
         finally:
             worker.client.close()
+
+
+def test_under_a_stream_of_writes_kicks_are_spaced_but_a_lone_change_is_kicked_at_once():
+    """A round written while a kick runs means a stream: the next kick waits until
+    KICK_STREAM_INTERVAL after the last one started. A write after a quiet spell is
+    kicked at once."""
+    from syncer.proxy.worker import KICK_STREAM_INTERVAL
+
+    now = [100.0]
+    clock_calls = [0]
+
+    def clock() -> float:
+        if threading.current_thread().name.startswith("kick-"):
+            clock_calls[0] += 1
+        return now[0]
+
+    kicking, release = threading.Event(), threading.Event()
+    kicks: list[float] = []
+
+    class Kicks(DyupsClient):
+        def kick(self, count: int) -> int:
+            kicks.append(now[0])
+            kicking.set()
+            release.wait(5)
+            return count
+
+    stop = threading.Event()
+    worker = worker_for(
+        Kicks(ClientSettings(url="http://127.0.0.1:9")),
+        Store(["file"]),
+        WorkerSettings(kick_gets=3),
+        stop=stop,
+        clock=clock,
+    )
+    worker.start()  # its proxy is unreachable: only the kicker matters here
+    try:
+        worker._kick.set()  # a lone write
+        assert kicking.wait(5) and kicks == [100.0]
+        kicking.clear()
+        worker._kick.set()  # a round written while that kick runs: a stream
+        release.set()
+        # The kicker looks at its clock while it waits; the clock has not moved.
+        calls = clock_calls[0]
+        assert eventually(lambda: clock_calls[0] >= calls + 3)
+        assert kicks == [100.0]
+        now[0] += KICK_STREAM_INTERVAL
+        assert kicking.wait(5) and kicks == [100.0, 100.0 + KICK_STREAM_INTERVAL]
+        kicking.clear()
+        # No round during that kick: the next write, after a quiet spell, goes at once.
+        now[0] += 0.01
+        worker._kick.set()
+        assert kicking.wait(5) and kicks[-1] == now[0]
+    finally:
+        stop.set()
+        release.set()
+        worker._kick.set()
+        worker.join(5)
