@@ -154,6 +154,7 @@ class ProxyWorker:
         self._dumped: dict[str, Upstream] | None = None
         self._kick = threading.Event()
         self._kick_during_last = False  # a round was written while the last kick ran
+        self._kick_now = threading.Event()  # the worker caught up: no spacing for this kick
         self._kick_slots = kick_slots or FairSlots(1)
         self._kicker: threading.Thread | None = None
         # Traffic policies: what this proxy should get of each upstream. The plan is
@@ -191,20 +192,24 @@ class ProxyWorker:
 
         Under a stream of writes (a round was written while the last kick ran), kicks
         start at most every KICK_STREAM_INTERVAL: rounds are short and frequent then,
-        and back-to-back kicks would open new connections by the thousand a second; a
-        change after a quiet spell is still kicked at once."""
+        and back-to-back kicks would open new connections by the thousand a second. A
+        change after a quiet spell is still kicked at once, and so is the last round of
+        a stream (the worker has caught up: `_kick_now`)."""
         last_start = -math.inf
         while not self.stop.is_set():
             self._kick.wait()
             if self._kick_during_last:
                 while (wait := last_start + KICK_STREAM_INTERVAL - self._clock()) > 0:
-                    if self.stop.wait(min(wait, 0.05)):
+                    if self.stop.is_set():
                         return
+                    if self._kick_now.wait(min(wait, 0.05)):
+                        break
             while not self._kick_slots.acquire(timeout=0.5):
                 if self.stop.is_set():
                     return
             try:
                 self._kick.clear()
+                self._kick_now.clear()
                 last_start = self._clock()
                 if not self.stop.is_set():
                     self.client.kick(self.s.kick_gets)
@@ -420,6 +425,9 @@ class ProxyWorker:
             self.m.last_sync.labels(self.label).set(self._wall())
         if not failed:
             self.reconciled_once.set()
+            if self._hold_until is None and self.store.current().version == desired.version:
+                # Caught up, nothing held: the last kick of a stream goes at once.
+                self._kick_now.set()
         self._write_dump()
         return result
 

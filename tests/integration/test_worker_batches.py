@@ -394,14 +394,17 @@ def test_a_change_waits_for_its_debounce_and_no_longer_rides_along_early():
             assert port() == 8000
 
             publish(8001)
+            worker._kick_now.clear()
             worker.reconcile(store.current())
             assert port() == 8000  # held: it has just happened
+            assert not worker._kick_now.is_set()  # not caught up: kicks stay spaced
             clocks.advance(0.05)
             worker.reconcile(store.current())
             assert port() == 8000
             clocks.advance(0.06)
             worker.reconcile(store.current())
             assert port() == 8001
+            assert worker._kick_now.is_set()  # caught up: its last kick goes at once
 
             publish(8002, origin=clocks.wall + 10)  # a source clock ahead of ours
             worker.reconcile(store.current())
@@ -436,8 +439,8 @@ def test_without_debounce_nothing_is_held():
 
 def test_under_a_stream_of_writes_kicks_are_spaced_but_a_lone_change_is_kicked_at_once():
     """A round written while a kick runs means a stream: the next kick waits until
-    KICK_STREAM_INTERVAL after the last one started. A write after a quiet spell is
-    kicked at once."""
+    KICK_STREAM_INTERVAL after the last one started, unless the worker has caught up
+    (the stream's last round). A write after a quiet spell is kicked at once."""
     from syncer.proxy.worker import KICK_STREAM_INTERVAL
 
     now = [100.0]
@@ -482,8 +485,17 @@ def test_under_a_stream_of_writes_kicks_are_spaced_but_a_lone_change_is_kicked_a
         kicking.clear()
         # No round during that kick: the next write, after a quiet spell, goes at once.
         now[0] += 0.01
+        release.clear()
         worker._kick.set()
         assert kicking.wait(5) and kicks[-1] == now[0]
+        kicking.clear()
+        worker._kick.set()  # a stream again...
+        release.set()
+        calls = clock_calls[0]
+        assert eventually(lambda: clock_calls[0] >= calls + 3)
+        assert len(kicks) == 3
+        worker._kick_now.set()  # ...that the worker has caught up with: kicked at once
+        assert kicking.wait(5) and len(kicks) == 4 and kicks[-1] == now[0]
     finally:
         stop.set()
         release.set()
