@@ -54,12 +54,12 @@ FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps 
 # (see _ready), so under a steady stream rounds are short and frequent, and planning
 # (over every upstream) must stay a small part of a worker's time, also with thousands
 # of upstreams.
+HOLD_GAP_PLANS = 20
+HOLD_GAP_MIN = 0.01
 # Under a stream of writes, propagation kicks start at most this often (see _kick_loop):
 # the data plane then follows within this (plus a kick), well inside the module's own
 # 1 s timer.
 KICK_STREAM_INTERVAL = 0.2
-HOLD_GAP_PLANS = 20
-HOLD_GAP_MIN = 0.01
 
 
 @dataclass(frozen=True, slots=True)
