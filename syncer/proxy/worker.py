@@ -49,13 +49,6 @@ from syncer.state import DesiredState, Store
 from syncer.traffic import Decision, DecisionMemo, ProxyTraits, next_change
 
 FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps failing
-# With a debounce, a round starts at least this many times its own planning time after
-# the previous one, and at least HOLD_GAP_MIN after it: changes are held back until due
-# (see _ready), so under a steady stream rounds are short and frequent, and planning
-# (over every upstream) must stay a small part of a worker's time, also with thousands
-# of upstreams.
-HOLD_GAP_PLANS = 20
-HOLD_GAP_MIN = 0.01
 # Under a stream of writes, propagation kicks start at most this often (see _kick_loop):
 # the data plane then follows within this (plus a kick), well inside the module's own
 # 1 s timer.
@@ -164,11 +157,6 @@ class ProxyWorker:
         self._view: Mapping[str, Upstream] = {}
         self._planned_from: Mapping[str, Upstream] = {}
         self._policy_at: float | None = None  # monotonic: a policy's output changes then
-        # Changed upstreams held back until their debounce is over (see _ready): when
-        # this worker first planned each, and when the next one is due (monotonic).
-        self._first_planned: dict[str, float] = {}
-        self._hold_until: float | None = None
-        self._next_round_at = 0.0  # monotonic: the earliest start of the next round
         self._retrying = self._build_retrying()
 
     # ----------------------------------------------------------------- thread
@@ -191,10 +179,11 @@ class ProxyWorker:
         follows; a proxy not kicked in time still applies on its own timer.
 
         Under a stream of writes (a round was written while the last kick ran), kicks
-        start at most every KICK_STREAM_INTERVAL: rounds are short and frequent then,
-        and back-to-back kicks would open new connections by the thousand a second. A
-        change after a quiet spell is still kicked at once, and so is the last round of
-        a stream (the worker has caught up: `_kick_now`)."""
+        start at most every KICK_STREAM_INTERVAL: with a fast proxy, rounds can follow
+        each other within milliseconds, and back-to-back kicks would open new
+        connections by the thousand a second. A change after a quiet spell is still
+        kicked at once, and so is the last round of a stream (the worker has caught up
+        with the desired state: `_kick_now`)."""
         last_start = -math.inf
         while not self.stop.is_set():
             self._kick.wait()
@@ -270,8 +259,7 @@ class ProxyWorker:
         desired = self.store.current()
         retry_due = self._retry_at is not None and now >= self._retry_at
         policy_due = self._policy_at is not None and now >= self._policy_at
-        hold_due = self._hold_until is not None and now >= self._hold_until
-        due = retry_due or policy_due or hold_due
+        due = retry_due or policy_due
         if desired.ready and (desired.version != self._planned_version or self._dirty or due):
             self.reconcile(desired)
         self._wait(desired.version)
@@ -282,24 +270,16 @@ class ProxyWorker:
             deadlines.append(self._retry_at)
         if self._policy_at is not None and not self.following:
             deadlines.append(self._policy_at)
-        if self._hold_until is not None and not self.following:
-            deadlines.append(self._hold_until)
         timeout = max(0.0, min(deadlines) - self._clock())
         newer = self.store.wait_newer(version, timeout, self.stop)
         if newer.version != version and self.s.debounce > 0:
             # Coalesce a burst of changes into one plan, counted from the burst's first
             # change (not a trailing reset: a continuous stream is still applied every
             # `debounce`). Changes that arrived while this worker was writing have
-            # already waited that long: they are planned at once. Held-back changes
-            # that come due sooner wake the worker sooner.
+            # already waited that long: they are planned at once.
             first = self.store.first_published_after(version)
             if first is not None:
-                wake = first + self.s.debounce
-                offset = time.monotonic() - self._clock()  # our clock -> time.monotonic
-                if self._hold_until is not None:
-                    wake = min(wake, self._hold_until + offset)
-                wake = max(wake, self._next_round_at + offset)
-                self.stop.wait(max(0.0, wake - time.monotonic()))
+                self.stop.wait(max(0.0, first + self.s.debounce - time.monotonic()))
 
     def _went_down(self, error: ProxyError) -> None:
         self.last_error = str(error)
@@ -378,7 +358,6 @@ class ProxyWorker:
     # -------------------------------------------------------------- reconcile
     def reconcile(self, desired: DesiredState) -> Plan:
         assert self._cache is not None
-        started = self._clock()
         record = self.store.proxy_record(self.label)
         ownership = Ownership(frozenset(record.owned), self.s.owned_prefix, self.s.adopt)
         policy = PlanPolicy(
@@ -412,9 +391,6 @@ class ProxyWorker:
         upserts.sort(key=lambda u: desired.changed_at.get(u.name, 0.0))
         deletes = [d for d in result.deletes if self._due(d.name, now)]
         deferred = len(result.upserts) + len(result.deletes) - len(upserts) - len(deletes)
-        planning = self._clock() - started
-        self._next_round_at = started + max(HOLD_GAP_MIN, HOLD_GAP_PLANS * planning)
-        upserts = self._ready(desired, upserts, now)
         failed = self._apply(desired, upserts, deletes)
         if failed or deferred:
             self._dirty = True
@@ -425,48 +401,11 @@ class ProxyWorker:
             self.m.last_sync.labels(self.label).set(self._wall())
         if not failed:
             self.reconciled_once.set()
-            if self._hold_until is None and self.store.current().version == desired.version:
-                # Caught up, nothing held: the last kick of a stream goes at once.
+            if self.store.current().version == desired.version:
+                # Caught up: the last kick of a stream goes at once.
                 self._kick_now.set()
         self._write_dump()
         return result
-
-    def _ready(self, desired: DesiredState, upserts: list[Upsert], now: float) -> list[Upsert]:
-        """The changed upstreams whose debounce is over; the others wait for a later round.
-
-        A change is due `debounce` after it happened (its origin time, or when this
-        worker first planned it if that is later, so that a source clock ahead of ours
-        cannot hold it longer). Without this, a round took every pending change, the
-        ones that had just arrived too, and under a steady stream every change waited
-        for the whole previous round (each as long as its POSTs): in a rolling restart
-        to 10 proxies that was most of the lag. Held back, a change goes out about
-        `debounce` after it happened, and each upstream is still posted at most once
-        per `debounce`. Only changes to an upstream the proxy holds are held: creations
-        (a cold start) and repairs (whose change is old) go at once. Rounds are spaced
-        (HOLD_GAP_MIN, HOLD_GAP_PLANS), which can add up to HOLD_GAP_MIN to a change."""
-        debounce = self.s.debounce
-        if debounce <= 0:
-            self._first_planned.clear()
-            self._hold_until = None
-            return upserts
-        changed = {u.name for u in upserts if u.reason == "changed"}
-        self._first_planned = {n: t for n, t in self._first_planned.items() if n in changed}
-        wall = self._wall()
-        ready: list[Upsert] = []
-        due: float | None = None
-        for u in upserts:
-            if u.name not in changed:
-                ready.append(u)
-                continue
-            first = self._first_planned.setdefault(u.name, now)
-            origin = desired.changed_at.get(u.name)
-            age = max(now - first, wall - origin) if origin is not None else debounce
-            if age >= debounce:
-                ready.append(u)
-            else:
-                due = min(due if due is not None else math.inf, now + debounce - age)
-        self._hold_until = None if due is None else max(due, self._next_round_at)
-        return ready
 
     def _proxy_view(self, desired: DesiredState) -> Mapping[str, Upstream]:
         """The desired upstreams as this proxy should get them (traffic policies)."""
@@ -761,7 +700,6 @@ class ProxyWorker:
     def _accepted(self, change: Upsert | Delete, desired: DesiredState) -> None:
         assert self._cache is not None
         head = self.client.flavour is Flavour.HEAD
-        self._first_planned.pop(change.name, None)
         if isinstance(change, Upsert):
             self._cache[change.name] = observed_after_post(change.upstream, head=head)
             self.store.record_applied(self.label, change.name, change.upstream.digest)
