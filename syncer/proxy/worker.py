@@ -401,8 +401,10 @@ class ProxyWorker:
             self.m.last_sync.labels(self.label).set(self._wall())
         if not failed:
             self.reconciled_once.set()
-            if self.store.current().version == desired.version:
-                # Caught up: the last kick of a stream goes at once.
+            if (upserts or deletes) and self.store.current().version == desired.version:
+                # Caught up after writing: the last kick of a stream goes at once. (Not
+                # after a round with nothing to write: left set, it would let the next
+                # kick of a stream skip its spacing.)
                 self._kick_now.set()
         self._write_dump()
         return result

@@ -113,6 +113,9 @@ def test_a_change_mid_batch_skips_only_the_superseded_write():
             assert held == {name: [u.servers[0].address] for name, u in second.items()}
             assert sim.stats.posts == 11  # u0..u8, then u0 and u9 again: nothing else
             assert worker._kick_now.is_set()  # caught up: the last kick goes at once
+            worker._kick_now.clear()
+            worker.reconcile(store.current())  # nothing to write: no kick to hurry
+            assert not worker._kick_now.is_set()
         finally:
             client.close()
 
