@@ -652,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report_decisions(decisions), flush=True)
         names = [n for n in names if not decisions[n].skip]
     if args.nice:
-        # Inherited by the worker processes; with --jobs 1 this process is the worker.
+        # Inherited by the processes that run the targets (one fresh process each).
         os.nice(args.nice)
     return run(names, args, code)
 
