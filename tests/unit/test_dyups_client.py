@@ -212,10 +212,46 @@ def test_auth_headers_are_sent(server):
     assert server.requests[0][:2] == ("GET", "/list")
 
 
-def test_kick_uses_fresh_connections(server):
-    server.script = [(204, "")] * 5
-    assert client(server).kick(5) == 5
-    assert server.connections == 5
+def test_kick_keeps_its_connections_and_renews_the_oldest_quarter(server):
+    server.script = [(200, "web\n")] * 24
+    c = client(server)
+    assert c.kick(8) == 8
+    assert server.connections == 8  # one per GET: they spread over nginx's workers
+    assert c.kick(8) == 8
+    assert server.connections == 10  # 6 kept alive, 2 new ones re-spread the set
+    assert c.kick(8) == 8
+    assert server.connections == 12
+    assert {r[:2] for r in server.requests} == {("GET", "/list")} and len(server.requests) == 24
+
+
+def test_kick_replaces_a_connection_the_proxy_closed_meanwhile(server):
+    c = client(server)
+    server.script = [(200, "")] * 2
+    assert c.kick(2) == 2
+    # The proxy closed the first one (keepalive_timeout, a reload): nothing reached
+    # the module on it, so the GET goes again on a new connection.
+    server.script = [CLOSE, (200, ""), (200, "")]
+    assert c.kick(2) == 2
+    assert server.connections == 3 and len(server.requests) == 5
+
+
+def test_kick_does_not_reuse_connections_idle_for_too_long(server, monkeypatch):
+    import syncer.proxy.dyups as dyups
+
+    monkeypatch.setattr(dyups, "IDLE_TIMEOUT", 0.0)
+    server.script = [(200, "")] * 6
+    c = client(server)
+    assert c.kick(3) == 3 and c.kick(3) == 3
+    assert server.connections == 6
+
+
+def test_kick_counts_what_answered_when_the_proxy_goes_away():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    c = DyupsClient(ClientSettings(url=f"http://127.0.0.1:{port}", connect_timeout=0.5))
+    assert c.kick(4) == 0
 
 
 def _make_pki(tmp_path):
