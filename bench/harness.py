@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import yaml
 
+from bench.gcpause import keep_collections_short
 from bench.httpwatch import HttpWatch, KeyOf, addresses
 from bench.simproc import (
     NO_BODY,
@@ -581,6 +582,7 @@ class Bench:
         self._counted_from: Metrics | None = None  # real proxies: see `reset_counts`
 
     def __enter__(self) -> Bench:
+        keep_collections_short()
         try:
             tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="dyups-bench-"))
             self.dir = Path(tmp)

@@ -37,6 +37,7 @@ from multiprocessing.context import SpawnContext
 from pathlib import Path
 from typing import Any
 
+from bench.gcpause import keep_collections_short
 from syncer.testing.dyups import AppliedEvent, DyupsSimulator, SimServer, SimStats
 
 START_TIMEOUT = 60.0  # the children import and start their simulators
@@ -100,6 +101,7 @@ def _serve(conn: Connection, settings: list[dict[str, Any]]) -> None:
     try:
         for kwargs in settings:
             sims.append(DyupsSimulator(**kwargs).start())
+        keep_collections_short()
         conn.send((True, [(sim.url, sim.port, sim.workers) for sim in sims]))
         while True:
             index, method, args = conn.recv()
