@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -380,7 +381,13 @@ class App:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGUSR1, on_usr1)
         self.start()
+        started, heap_frozen = time.monotonic(), False
         while not self.stop_event.wait(0.2):
+            if not heap_frozen and (
+                self.ready()[0] or time.monotonic() - started > FREEZE_HEAP_AT_LATEST
+            ):
+                freeze_startup_heap(self.log)
+                heap_frozen = True
             if self._override_requested.is_set():
                 self._override_requested.clear()
                 version = self.store.override_breaker()
@@ -428,6 +435,21 @@ class App:
 
 
 SOURCE_READ_TIMEOUT = 30.0  # how long `plan` waits for a source's first complete read
+FREEZE_HEAP_AT_LATEST = 60.0  # seconds after start, if never ready (a proxy down)
+
+
+def freeze_startup_heap(log: Any) -> None:
+    """Once the first sync is done: collect, then move everything alive to the
+    permanent generation, which full collections no longer walk.
+
+    That heap (the Kubernetes client's modules and models, pydantic, the first desired
+    state) is most of what a full collection walked: in kube-rollout such a collection
+    stopped every worker for 86-115 ms (recorded with gc.callbacks). Done once, so
+    the only cost is that a reference cycle among those objects that dies later is
+    never collected; reference counting frees everything else as before."""
+    gc.collect()
+    gc.freeze()
+    log.info("startup_heap_frozen", objects=gc.get_freeze_count())
 
 
 def dry_run(config: Config, log: Any) -> tuple[dict[str, Plan | str], Mapping[str, Upstream]]:

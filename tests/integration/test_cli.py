@@ -89,6 +89,37 @@ def test_run_stops_cleanly_on_sigterm(make_env):
     assert snap.proxies["p0"]["owned"] == ["web"]
 
 
+def test_run_freezes_its_startup_heap_once_every_proxy_is_reconciled(make_env, tmp_path):
+    env = make_env(1)
+    env.write({"web": ["10.0.0.1:80"]})
+    log = tmp_path / "syncer.log"
+
+    def events() -> list[dict]:
+        lines = log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncer.cli", "run", "-c", write_config(env)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DYUPS_SYNCER_LOG__LEVEL": "info", "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        frozen = lambda: [e for e in events() if e["event"] == "startup_heap_frozen"]  # noqa: E731
+        assert eventually(frozen), log.read_text()
+        names = [e["event"] for e in events()]
+        assert names.index("upstream_updated") < names.index("startup_heap_frozen")
+        assert frozen()[0]["objects"] > 10_000  # at least the modules' objects
+        env.write({"web": ["10.0.0.2:80"]})  # and it goes on syncing
+        assert env.wait_converged()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+    assert len(frozen()) == 1
+
+
 def test_check_config_on_the_bundled_example():
     from importlib import resources
 
