@@ -496,11 +496,12 @@ class DyupsClient:
         Each connection belongs to the nginx worker that accepted it, and new
         connections spread over the workers (`reuseport`), so `count` of them reach
         every worker with high probability (`pacing.kick_count`). They are kept alive
-        from one kick to the next: a new connection per GET cost the proxy an accept
-        and the syncer a connect each time, 800 a second at 10 proxies under a stream
-        of writes. The oldest quarter is replaced at each kick, so that a worker none
-        of them reached (or a worker nginx started since) is reached within a few
-        kicks."""
+        from one kick to the next while writes go on (the worker drops them when writes
+        stop: `drop_kick_connections`): a new connection per GET cost the proxy an
+        accept and the syncer a connect (with TLS, a handshake) each time, 800 a second
+        at 10 proxies under a stream of writes. The oldest quarter is replaced at each
+        kick, so that a worker none of them reached (or a worker nginx started since)
+        is reached within a few kicks."""
         with self._lock:
             conns, self._kick_conns = self._kick_conns, []
         now = time.monotonic()
@@ -529,6 +530,13 @@ class DyupsClient:
             for conn in kept:
                 conn.close()
         return answered
+
+    def drop_kick_connections(self) -> None:
+        """Close the connections kept for the next kick (called when writes stop)."""
+        with self._lock:
+            conns, self._kick_conns = self._kick_conns, []
+        for conn in conns:
+            conn.close()
 
     def _kick_one(self, reused: _Connection | None) -> tuple[bool, _Connection | None]:
         """One kick GET, on `reused` or a new connection: whether the proxy answered, and

@@ -53,6 +53,8 @@ FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps 
 # the data plane then follows within this (plus a kick), well inside the module's own
 # 1 s timer.
 KICK_STREAM_INTERVAL = 0.2
+# The kick's connections are kept alive between kicks only this long (seconds).
+KICK_KEEP_CONNECTIONS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,11 @@ class ProxyWorker:
         with the desired state: `_kick_now`)."""
         last_start = -math.inf
         while not self.stop.is_set():
-            self._kick.wait()
+            if not self._kick.wait(KICK_KEEP_CONNECTIONS):
+                # No write for a while: the connections the kick keeps alive would only
+                # hold descriptors on both sides until the next stream of writes.
+                self.client.drop_kick_connections()
+                self._kick.wait()
             if self._kick_during_last:
                 while (wait := last_start + KICK_STREAM_INTERVAL - self._clock()) > 0:
                     if self.stop.is_set():

@@ -421,3 +421,28 @@ def test_under_a_stream_of_writes_kicks_are_spaced_but_a_lone_change_is_kicked_a
         release.set()
         worker._kick.set()
         worker.join(5)
+
+
+def test_the_kick_connections_are_closed_once_writes_stop(monkeypatch):
+    """They are kept alive between the kicks of a stream of writes; after
+    KICK_KEEP_CONNECTIONS without a kick they would only hold descriptors."""
+    import syncer.proxy.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "KICK_KEEP_CONNECTIONS", 0.05)
+    with DyupsSimulator(workers=2) as sim:
+        client = DyupsClient(ClientSettings(url=sim.url))
+        stop = threading.Event()
+        worker = worker_for(client, Store(["file"]), WorkerSettings(kick_gets=8), stop=stop)
+        kicker = threading.Thread(target=worker._kick_loop, daemon=True)
+        kicker.start()
+        try:
+            worker._kick.set()
+            assert eventually(lambda: sim.stats.gets == 8)
+            assert eventually(lambda: sim.connections() == 0)  # quiet: all closed
+            assert sim.stats.gets == 8
+            worker._kick.set()  # the next write's kick opens new ones
+            assert eventually(lambda: sim.stats.gets == 16 and sim.connections() == 0)
+        finally:
+            stop.set()
+            worker._kick.set()
+            kicker.join(5)
