@@ -94,7 +94,7 @@ FALLBACK: dict[str, str] = {
     "ProxySettings.read_msg_timeout": "The proxy's `dyups_read_msg_timeout`.",
     "ProxySettings.write_budget": "Bytes per second of bodies (default `0.8 x zone / (2 x timeout)`).",
     "ProxySettings.nginx_workers": "The proxy's `worker_processes`; sizes the propagation kick.",
-    "ProxySettings.kick": "After each batch of writes, `GET /list` on fresh connections so every worker applies it now.",
+    "ProxySettings.kick": "After each batch of writes, `GET /list` on `kick_gets` connections (kept alive while writes go on, a quarter renewed per kick) so every worker applies it now.",
     "ProxySettings.kick_gets": "How many kick GETs (default derived from `nginx_workers`).",
     "ProxySettings.connect_timeout": "Per request.",
     "ProxySettings.read_timeout": "Per request.",
