@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import resource
 import signal
 import threading
 import time
@@ -380,6 +381,7 @@ class App:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGUSR1, on_usr1)
+        raise_descriptor_limit(self.log)
         self.start()
         started, heap_frozen = time.monotonic(), False
         while not self.stop_event.wait(0.2):
@@ -436,6 +438,25 @@ class App:
 
 SOURCE_READ_TIMEOUT = 30.0  # how long `plan` waits for a source's first complete read
 FREEZE_HEAP_AT_LATEST = 60.0  # seconds after start, if never ready (a proxy down)
+
+
+def raise_descriptor_limit(log: Any) -> None:
+    """Lift the soft limit on open files to the hard one, as Go programs do at start.
+
+    Each proxy holds a few connections: the keep-alive pool (up to 4), the probe's,
+    and while writes go on the kick's (`kick_gets`, 16 for 2 nginx workers). With the
+    common soft limit of 1,024, a fleet of about 50 proxies would run out; the hard
+    limit is what the operator allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        log.warning("descriptor_limit_unchanged", soft=soft, hard=hard, error=str(e))
+        return
+    log.info("descriptor_limit_raised", soft=soft, to=target)
 
 
 def freeze_startup_heap(log: Any) -> None:

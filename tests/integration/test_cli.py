@@ -120,6 +120,43 @@ def test_run_freezes_its_startup_heap_once_every_proxy_is_reconciled(make_env, t
     assert len(frozen()) == 1
 
 
+def test_run_lifts_the_soft_limit_on_open_files_to_the_hard_one(make_env, tmp_path):
+    import resource
+    from pathlib import Path
+
+    env = make_env(1)
+    env.write({"web": ["10.0.0.1:80"]})
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    expected = str(1 << 20) if hard == resource.RLIM_INFINITY else str(hard)
+    log = tmp_path / "syncer.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                'ulimit -Sn 256 && exec "$0" -m syncer.cli run -c "$1"',
+                sys.executable,
+                write_config(env),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DYUPS_SYNCER_LOG__LEVEL": "info", "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert env.wait_converged(), log.read_text()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+        files = next(line for line in limits if line.startswith("Max open files"))
+        assert files.split()[3] == expected, files
+        raised = [
+            json.loads(line)
+            for line in log.read_text().splitlines()
+            if line.startswith("{") and '"descriptor_limit_raised"' in line
+        ]
+        assert raised and raised[0]["soft"] == 256, log.read_text()
+    finally:
+        proc.kill()
+
+
 def test_check_config_on_the_bundled_example():
     from importlib import resources
 
