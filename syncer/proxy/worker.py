@@ -13,6 +13,7 @@ few GETs on fresh connections make every nginx worker apply it now.
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -53,6 +54,7 @@ FAILING_BACKOFF_MAX = 60.0  # seconds between rounds for an upstream that keeps 
 # the data plane then follows within this (plus a kick), well inside the module's own
 # 1 s timer.
 KICK_STREAM_INTERVAL = 0.2
+RESYNC_JITTER = 0.2  # a resync comes 0-20 % before `resync_interval` is up
 # The kick's connections are kept alive between kicks only this long (seconds).
 KICK_KEEP_CONNECTIONS = 2.0
 
@@ -120,6 +122,7 @@ class ProxyWorker:
         self._clock = clock
         self._wall = wall
         self._bucket = TokenBucket(settings.budget, clock=clock)
+        self._rng = random.Random()
         self._cache: dict[str, ObservedUpstream] | None = None
         self._planned_version = -1
         self._dirty = True  # something failed or drifted: plan again
@@ -318,7 +321,10 @@ class ProxyWorker:
             self.log.info("proxy_full_reconcile", upstreams=len(observed))
         self._cache = dict(observed)
         now = self._clock()
-        self._next_resync = now + self.s.resync_interval
+        # Spread over the last fifth of the interval: workers started together would
+        # otherwise read and parse every proxy's /detail in the same instant, each
+        # time, and delay every proxy's next round (kube-rollout: a burst every 10 s).
+        self._next_resync = now + self.s.resync_interval * (1 - RESYNC_JITTER * self._rng.random())
         self._next_probe = now + self.s.probe_interval
         self._dirty = True
 

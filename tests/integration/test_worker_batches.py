@@ -446,3 +446,28 @@ def test_the_kick_connections_are_closed_once_writes_stop(monkeypatch):
             stop.set()
             worker._kick.set()
             kicker.join(5)
+
+
+def test_workers_started_together_spread_their_resyncs():
+    """A resync reads and parses the whole /detail: workers started together would do
+    it in the same instant, every time, delaying every proxy's next round."""
+    from syncer.proxy.worker import RESYNC_JITTER
+
+    now = [50.0]
+    with DyupsSimulator(workers=2) as sim:
+        workers = [
+            worker_for(
+                DyupsClient(ClientSettings(url=sim.url)),
+                Store(["file"]),
+                WorkerSettings(resync_interval=10.0, kick_gets=0),
+                label=f"p{i}",
+                clock=lambda: now[0],
+            )
+            for i in range(20)
+        ]
+        for w in workers:
+            w._resync()
+            w.client.close()
+    due = [w._next_resync - now[0] for w in workers]
+    assert all(10.0 * (1 - RESYNC_JITTER) <= d <= 10.0 for d in due), due
+    assert max(due) - min(due) > 10.0 * RESYNC_JITTER / 4, due  # spread, not one instant
