@@ -40,7 +40,7 @@ FALLBACK: dict[str, str] = {
     "Config.sources": "The sources of upstreams; nothing is planned before every one has been read.",
     "Config.proxies": "The proxies to drive: a static list, discovered pods, or both.",
     "Config.snapshot_path": "Snapshot file (desired state, ownership, what was applied); put it on a volume.",
-    "Config.resync_interval": "Full read of every proxy (`/detail`, or `/list` on the head flavour) to repair any drift.",
+    "Config.resync_interval": "Full read of every proxy (`/detail`, or `/list` on the head flavour) to repair any drift; each proxy's comes 0-20 % early, drawn each time, so that proxies are not all read at once.",
     "Config.probe_interval": "Cheap `GET /list` on a fresh connection to notice a reload or restart.",
     "Config.debounce": "Coalesce bursts of changes into one plan (`0` allowed).",
     "Config.policy": "`sync` creates, updates and deletes; `upsert-only` never deletes.",
