@@ -203,6 +203,7 @@ def test_unreachable_proxy():
     with pytest.raises(ProxyUnavailable):
         c.observe()
     assert c.upsert(WEB).outcome is Outcome.UNAVAILABLE
+    assert c.kick(4) == 0  # best effort: nothing answered, nothing raised
 
 
 def test_auth_headers_are_sent(server):
@@ -243,15 +244,6 @@ def test_kick_does_not_reuse_connections_idle_for_too_long(server, monkeypatch):
     c = client(server)
     assert c.kick(3) == 3 and c.kick(3) == 3
     assert server.connections == 6
-
-
-def test_kick_counts_what_answered_when_the_proxy_goes_away():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    c = DyupsClient(ClientSettings(url=f"http://127.0.0.1:{port}", connect_timeout=0.5))
-    assert c.kick(4) == 0
 
 
 def _make_pki(tmp_path):
