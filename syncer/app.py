@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import resource
 import signal
 import threading
 import time
@@ -23,6 +21,11 @@ from syncer.http import StatusServer
 from syncer.metrics import Metrics
 from syncer.model import DEFAULT_TRAFFIC, TrafficPolicy, Upstream
 from syncer.plan import Mode, Ownership, Plan, PlanPolicy, plan
+from syncer.process import (
+    freeze_startup_heap,
+    keep_large_buffers_mmapped,
+    raise_descriptor_limit,
+)
 from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour
 from syncer.proxy.fleet import Fleet
 from syncer.proxy.pacing import Budget, FairSlots, kick_count
@@ -382,6 +385,7 @@ class App:
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGUSR1, on_usr1)
         raise_descriptor_limit(self.log)
+        keep_large_buffers_mmapped(self.log)
         self.start()
         started, heap_frozen = time.monotonic(), False
         while not self.stop_event.wait(0.2):
@@ -438,39 +442,6 @@ class App:
 
 SOURCE_READ_TIMEOUT = 30.0  # how long `plan` waits for a source's first complete read
 FREEZE_HEAP_AT_LATEST = 60.0  # seconds after start, if never ready (a proxy down)
-
-
-def raise_descriptor_limit(log: Any) -> None:
-    """Lift the soft limit on open files to the hard one, as Go programs do at start.
-
-    Each proxy holds a few connections: the keep-alive pool (up to 4), the probe's,
-    and while writes go on the kick's (`kick_gets`, 16 for 2 nginx workers). With the
-    common soft limit of 1,024, a fleet of about 50 proxies would run out; the hard
-    limit is what the operator allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as e:
-        log.warning("descriptor_limit_unchanged", soft=soft, hard=hard, error=str(e))
-        return
-    log.info("descriptor_limit_raised", soft=soft, to=target)
-
-
-def freeze_startup_heap(log: Any) -> None:
-    """Once the first sync is done: collect, then move everything alive to the
-    permanent generation, which full collections no longer walk.
-
-    That heap (the Kubernetes client's modules and models, pydantic, the first desired
-    state) is most of what a full collection walked: in kube-rollout such a collection
-    stopped every worker for 86-115 ms (recorded with gc.callbacks). Done once, so
-    the only cost is that a reference cycle among those objects that dies later is
-    never collected; reference counting frees everything else as before."""
-    gc.collect()
-    gc.freeze()
-    log.info("startup_heap_frozen", objects=gc.get_freeze_count())
 
 
 def dry_run(config: Config, log: Any) -> tuple[dict[str, Plan | str], Mapping[str, Upstream]]:

@@ -110,6 +110,7 @@ def test_run_freezes_its_startup_heap_once_every_proxy_is_reconciled(make_env, t
         assert eventually(frozen), log.read_text()
         names = [e["event"] for e in events()]
         assert names.index("upstream_updated") < names.index("startup_heap_frozen")
+        assert names.index("malloc_mmap_threshold_fixed") < names.index("started")
         assert frozen()[0]["objects"] > 10_000  # at least the modules' objects
         env.write({"web": ["10.0.0.2:80"]})  # and it goes on syncing
         assert env.wait_converged()
