@@ -56,7 +56,7 @@ def keep_large_buffers_mmapped(log: Any) -> None:
     glibc raises the threshold to the size of each large block freed (up to 32 MiB), so
     after the first resync the next `/detail` bodies (MBs at 100k endpoints) came from the
     heap instead of their own mappings, and their pages stayed in the process after they
-    were freed: 100k endpoints on 2 proxies, RSS after 30 s at rest 205.6 MB, and 174.7 MB
+    were freed: 100k endpoints on 2 proxies, RSS after 30 s at rest 205.6 MB, and 166.1 MB
     with the threshold fixed (`bench scale`). Setting it explicitly turns the adjustment
     off. Not glibc (no `mallopt`): nothing to do."""
     libc_name = ctypes.util.find_library("c")

@@ -3,11 +3,12 @@
 Wakes on a new desired version (debounced), on the probe timer (a cheap
 `GET /list` on a fresh connection: an owned upstream missing means the nginx
 reloaded, restarted or lost a worker, so it is re-posted at once), and on the
-resync timer (a full read that repairs any drift). Between those reads it plans
-against its cache of what the proxy holds, updated by each accepted write, so a
-single change costs a single POST. Retryable outcomes are retried with tenacity,
+resync timer (a full read that repairs any drift; spread, so that proxies are not
+all read at once). Between those reads it plans against its cache of what the
+proxy holds, updated by each accepted write, so a single change costs a single POST. Retryable outcomes are retried with tenacity,
 interrupted by newer desired state; writes are paced by bytes; after a batch a
-few GETs on fresh connections make every nginx worker apply it now.
+few GETs on connections spread over nginx's workers (the kick, `DyupsClient.kick`)
+make every nginx worker apply it now.
 """
 
 from __future__ import annotations

@@ -1020,8 +1020,7 @@ class DyupsSimulator:
         self._trylock = trylock and flavour == "classic"
         self._conflict_rate = conflict_rate
         self._known = frozenset(v.lower() for v in known_variables)
-        self._dns = _dns_table(dns)
-        self._dns_key = tuple(sorted(self._dns.items()))
+        self._dns_key = tuple(sorted(_dns_table(dns).items()))  # see _parse_shared
         self._max_body = client_max_body_size
         self._check = upstream_check_module
         self._port = port
