@@ -82,6 +82,7 @@ from hypothesis import settings
 MODULES = [
     "tests.fuzz.test_fuzz_model",
     "tests.fuzz.test_fuzz_proxy",
+    "tests.fuzz.test_fuzz_verify",
     "tests.fuzz.test_fuzz_file_source",
     "tests.fuzz.test_fuzz_config",
     "tests.fuzz.test_fuzz_kube",

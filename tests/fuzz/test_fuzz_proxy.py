@@ -6,10 +6,7 @@ server that comes out renders in the grammar; rendering then parsing round-trips
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypothesis import given
-from hypothesis import strategies as st
 
 from syncer.model import (
     ObservedUpstream,
@@ -21,8 +18,6 @@ from syncer.model import (
     parse_list_head,
     parse_upstream_addresses,
 )
-from syncer.proxy import dyups
-from syncer.proxy.dyups import ClientSettings, DyupsClient, Flavour
 from tests.fuzz.checks import check_server
 from tests.fuzz.conftest import fuzz
 from tests.fuzz.strategies import (
@@ -32,7 +27,6 @@ from tests.fuzz.strategies import (
     detail_texts,
     head_list_text,
     head_list_texts,
-    mutated,
     upstream_addresses_text,
     upstream_addresses_texts,
     upstream_lists,
@@ -126,37 +120,3 @@ def test_upstream_addresses_round_trip(up: Upstream) -> None:
     addresses = parse_upstream_addresses(upstream_addresses_text(up))
     assert addresses == [s.address for s in up.servers]
     assert [normalize_address(a) for a in addresses] == addresses
-
-
-# ---------------------------------------------------------------- verify after write
-class _Answering(DyupsClient):
-    """A client whose every read gets the same 200 answer, without a network."""
-
-    def __init__(self, flavour: Flavour, text: str) -> None:
-        super().__init__(ClientSettings(url="http://127.0.0.1:9", flavour=flavour))
-        self.text = text
-
-    def _read(self, path: str, *, fresh: bool = False) -> Any:
-        return dyups._Answer(200, self.text)
-
-
-@st.composite
-def _read_backs(draw: st.DrawFn) -> tuple[Upstream, Flavour, str, bool]:
-    """An upstream, a flavour, what the proxy reads back, and whether it is exact."""
-    up = draw(upstreams())
-    flavour = draw(st.sampled_from(Flavour))
-    exact = upstream_addresses_text(up) if flavour is Flavour.CLASSIC else head_list_text([up])
-    text = draw(st.one_of(st.just(exact), mutated(exact), upstream_addresses_texts))
-    return up, flavour, text, text == exact
-
-
-@fuzz
-@given(_read_backs())
-def test_verify_gives_a_verdict_never_an_exception(
-    case: tuple[Upstream, Flavour, str, bool],
-) -> None:
-    up, flavour, text, exact = case
-    verdict = _Answering(flavour, text)._verify(up)
-    assert isinstance(verdict, str)
-    if exact:
-        assert verdict == "", verdict
