@@ -12,8 +12,13 @@ What it prints:
   after warm-up (the first third of the run is warm-up; the last third is compared
   with the middle third);
 * the fate of every (change, proxy) pair, read from the simulators' applied events:
-  every change carries a server address unique to it (a marker), so the first POST
-  a proxy accepted with that marker is when that change reached it. A change is
+  every change carries a server address that marks it (a marker), so the first POST
+  a proxy accepted with that marker is when that change reached it. Markers come
+  from a pool of `--addresses` (4,096) reused in turn, as pod IPs are reused from
+  the nodes' pod ranges: an upstream meets the same marker again only 4,096 changes
+  later, so the marker, the name and the time tell the change apart (`--addresses 0`:
+  an address never seen before for every change, which keeps filling the syncer's
+  bounded per-address caches for hours). A change is
   *applied* on a proxy when its body was accepted before the next change of the same
   upstream was made, *superseded* when the next change came first, *lost*
   otherwise (must be 0). A deletion is applied when the proxy accepted a DELETE of
@@ -73,6 +78,7 @@ MAX_TABLE_ROWS = 40  # the time series is thinned to this many rows (the JSON ke
 MARK_PORT = 7777
 _MARK = re.compile(rf"10\.(\d+)\.(\d+)\.(\d+):{MARK_PORT}\b")
 MARK_BASE = 128  # markers are 10.128.0.0 and up: base servers stay below 10.128
+MARK_SLOTS = (256 - MARK_BASE) * 65536  # distinct marker addresses
 
 
 # ----------------------------------------------------------------- options
@@ -91,6 +97,9 @@ class SoakOptions:
     sample_every: float = 5.0  # seconds between /proc samples of the syncer
     rss_tolerance: float = 2.0  # MiB: RSS differences below this are noise, not growth
     seed: int = 1
+    # Markers reused in turn (0: a new one per change). Bounded, as pod IPs are: the
+    # syncer's per-address caches then fill during the warm-up instead of all run long.
+    addresses: int = 4096
     sim_processes: int | None = None  # None: one per CPU (at most one per proxy); 0: in the bench
     json_path: Path | None = None
     log_path: Path | None = None  # where to keep the syncer's log (the run's temp dir goes)
@@ -109,6 +118,8 @@ class SoakOptions:
             line += f" --fail-rate {self.fail_rate:g}"
         if self.seed != defaults.seed:
             line += f" --seed {self.seed}"
+        if self.addresses != defaults.addresses:
+            line += f" --addresses {self.addresses}"
         if self.sim_processes is not None:
             line += f" --sim-processes {self.sim_processes}"
         return line
@@ -139,6 +150,12 @@ def _arguments(argv: Sequence[str] | None) -> SoakOptions:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="the churn's random seed (1)")
     p.add_argument(
+        "--addresses",
+        type=int,
+        default=d.addresses,
+        help="marker addresses reused in turn (4096); 0: a new address for every change",
+    )
+    p.add_argument(
         "--sim-processes",
         type=int,
         help="child processes for the simulators (default: one per CPU); 0: in the bench process",
@@ -157,6 +174,10 @@ def _arguments(argv: Sequence[str] | None) -> SoakOptions:
         (0 <= args.fail_rate < 0.5, "--fail-rate must be in [0, 0.5)"),
         (args.sample_every >= 0.5, "--sample-every must be at least 0.5"),
         (args.sim_processes is None or args.sim_processes >= 0, "--sim-processes: 0 or more"),
+        (
+            args.addresses == 0 or 1024 <= args.addresses <= MARK_SLOTS,
+            f"--addresses must be 0 or between 1024 and {MARK_SLOTS}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -167,12 +188,21 @@ def _arguments(argv: Sequence[str] | None) -> SoakOptions:
 # ----------------------------------------------------------------- the desired state
 
 
-def marker(index: int) -> str:
-    """A server address unique to change `index` (10.128.0.0 and up)."""
-    return f"10.{MARK_BASE + index // 65536}.{index // 256 % 256}.{index % 256}:{MARK_PORT}"
+def marker_slot(index: int, pool: int) -> int:
+    """The marker address change `index` takes: its own (pool 0), or one of `pool` in turn."""
+    slot = index % pool if pool else index
+    if slot >= MARK_SLOTS:
+        raise BenchError(f"more than {MARK_SLOTS} changes: give --addresses")
+    return slot
+
+
+def marker(slot: int) -> str:
+    """The marker address of `slot` (10.128.0.0 and up)."""
+    return f"10.{MARK_BASE + slot // 65536}.{slot // 256 % 256}.{slot % 256}:{MARK_PORT}"
 
 
 def marker_of(body: str | None) -> int | None:
+    """The marker slot a body carries, if any."""
     match = _MARK.search(body or "")
     if match is None or int(match[1]) < MARK_BASE:
         return None
@@ -186,7 +216,7 @@ def base_servers(slot: int, servers: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Change:
-    index: int  # markers are unique per change; deletions get an index too
+    index: int  # in the order made; deletions get an index too
     name: str
     stamp: float  # time.monotonic() just before the file was renamed into place
     delete: bool
@@ -223,8 +253,9 @@ class Churn:
         return name
 
     def _set(self, name: str, index: int) -> None:
-        """Give `name` a body unique to change `index`: its marker, then its base servers."""
-        self.spec[name] = [marker(index), *base_servers(self.slots[name], self.opts.servers)[1:]]
+        """Give `name` the body of change `index`: its marker, then its base servers."""
+        slot = marker_slot(index, self.opts.addresses)
+        self.spec[name] = [marker(slot), *base_servers(self.slots[name], self.opts.servers)[1:]]
 
     def next_edit(self) -> list[tuple[int, str, bool]]:
         """Change the spec once; returns (index, name, delete) of the changes made."""
@@ -401,7 +432,30 @@ class ProxyEvents:
     stale: int = 0  # a worker applied an older body of a name after a newer one
 
 
-def index_events(events: Sequence[AppliedEvent], workers: int) -> ProxyEvents:
+class Markers:
+    """Which change a body accepted by a proxy carries.
+
+    A marker slot comes back every `pool` changes, so it names a change only together
+    with the upstream and the time: the latest change of that upstream with that slot
+    made before the body was accepted. The one before it on the same upstream is
+    `pool` changes older (minutes at the soak's rates), far beyond any lag."""
+
+    def __init__(self, changes: Sequence[Change], pool: int) -> None:
+        self._by_slot: dict[tuple[str, int], list[Change]] = {}
+        for change in changes:  # in the order made, so each list is by stamp
+            if not change.delete:
+                key = (change.name, marker_slot(change.index, pool))
+                self._by_slot.setdefault(key, []).append(change)
+
+    def change_of(self, name: str, body: str | None, at: float) -> int | None:
+        slot = marker_of(body)
+        if slot is None:
+            return None
+        made = [c for c in self._by_slot.get((name, slot), []) if c.stamp <= at]
+        return made[-1].index if made else None
+
+
+def index_events(events: Sequence[AppliedEvent], workers: int, markers: Markers) -> ProxyEvents:
     out = ProxyEvents()
     per_worker: dict[tuple[int, int], float] = {}
     newest: dict[tuple[str, int], int] = {}  # (name, worker) → newest change applied
@@ -410,7 +464,7 @@ def index_events(events: Sequence[AppliedEvent], workers: int) -> ProxyEvents:
             out.deleted.setdefault(e.name, e.at)
             continue
         out.post_times.setdefault((e.name, e.worker), []).append(e.at)
-        index = marker_of(e.body)
+        index = markers.change_of(e.name, e.body, e.at)
         if index is None:
             continue
         out.accepted.setdefault(index, e.at)
@@ -586,8 +640,9 @@ def growth_verdict(samples: Sequence[Sample], opts: SoakOptions) -> list[tuple[s
             + ("—" if slope is None else f"{slope:+.2f} MiB/h"),
         ),
         (
-            # Each change brings a server address never seen before, each rotation a new
-            # name: growth per change points at per-address state, per name at per-name.
+            # Each change brings a marker address (never seen before with --addresses 0),
+            # each rotation a new name: growth per change points at per-address state, per
+            # name at per-name.
             "RSS change, middle third → last third, per 1,000 changes; per 1,000 names rotated",
             (f"{1000 * rss_delta / changed:+.2f} MiB ({changed:.0f} changes)" if changed else "—")
             + "; "
@@ -753,7 +808,10 @@ def _figures(
     applied = [sim.applied for sim in bench.sims]
     if any(len(events) >= APPLIED_LIMIT for events in applied):
         raise BenchError("a simulator dropped applied events; run fewer changes")
-    events = [index_events(e, sim.workers) for e, sim in zip(applied, bench.sims, strict=True)]
+    markers = Markers(churn.changes, opts.addresses)
+    events = [
+        index_events(e, sim.workers, markers) for e, sim in zip(applied, bench.sims, strict=True)
+    ]
     final = [{name for w in range(sim.workers) for name in held(sim, w)} for sim in bench.sims]
     fates = classify(churn.changes, events, final)
     repairs, unrepaired = reload_repairs(driven.reloads, events, churn.changes, NGINX_WORKERS)
@@ -850,13 +908,18 @@ def _quantiles(values: Sequence[float]) -> dict[str, float] | None:
 
 
 def setup_text(opts: SoakOptions) -> str:
+    addresses = (
+        f"marker addresses from a pool of {opts.addresses:,} reused in turn"
+        if opts.addresses
+        else "a marker address never seen before in every change"
+    )
     return (
         f"{opts.proxies} simulated proxies ({NGINX_WORKERS} nginx workers, classic, "
         f"`dyups_trylock on` with {opts.fail_rate:.1%} of writes refused), "
         f"{opts.upstreams} upstreams × {opts.servers} servers ({max(1, opts.upstreams // 10)} of "
         f"them rotating: deleted and replaced by a new name), {opts.rate:g} changes/s "
         f"({opts.rotate:.0%} rotations), a reload every {opts.reload_every:g} s (proxies in "
-        f"turn); file source polled every 5 ms; every other syncer setting at its default "
+        f"turn); {addresses}; file source polled every 5 ms; every other syncer setting at its default "
         f"(debounce 100 ms, probe 1 s, resync 10 s, kick on)."
     )
 
