@@ -18,7 +18,8 @@ What it prints:
   the nodes' pod ranges: an upstream meets the same marker again only 4,096 changes
   later, so the marker, the name and the time tell the change apart (`--addresses 0`:
   an address never seen before for every change, which keeps filling the syncer's
-  bounded per-address caches for hours). A change is
+  bounded per-address caches for hours). A new name takes the other servers of the
+  name it replaces, so the addresses are a bounded set. A change is
   *applied* on a proxy when its body was accepted before the next change of the same
   upstream was made, *superseded* when the next change came first, *lost*
   otherwise (must be 0). A deletion is applied when the proxy accepted a DELETE of
@@ -237,19 +238,19 @@ class Churn:
     def start(self) -> dict[str, list[str]]:
         rotating = max(1, self.opts.upstreams // 10)
         for k in range(self.opts.upstreams - rotating):
-            self._add(f"u{k:05d}")
-        for _ in range(rotating):
-            self.rotating.append(self._new_rotating())
+            self._add(f"u{k:05d}", k)
+        for k in range(self.opts.upstreams - rotating, self.opts.upstreams):
+            self.rotating.append(self._new_rotating(k))
         return self.spec
 
-    def _add(self, name: str) -> None:
-        self.slots[name] = len(self.slots)
-        self.spec[name] = base_servers(self.slots[name], self.opts.servers)
+    def _add(self, name: str, slot: int) -> None:
+        self.slots[name] = slot
+        self.spec[name] = base_servers(slot, self.opts.servers)
 
-    def _new_rotating(self) -> str:
+    def _new_rotating(self, slot: int) -> str:
         name = f"r{self.created:06d}"  # never reused: a deleted name stays deleted
         self.created += 1
-        self._add(name)
+        self._add(name, slot)
         return name
 
     def _set(self, name: str, index: int) -> None:
@@ -263,7 +264,9 @@ class Churn:
         if self.rng.random() < self.opts.rotate:
             old = self.rotating.pop(0)
             del self.spec[old]
-            new = self._new_rotating()
+            # The new name takes the old one's base servers, as pods reuse the addresses
+            # freed in their node's range: the addresses stay a bounded set.
+            new = self._new_rotating(self.slots.pop(old))
             self.rotating.append(new)
             self._set(new, index + 1)
             # The deletion and the creation go out in one write: two changes.

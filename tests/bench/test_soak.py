@@ -69,20 +69,23 @@ def test_a_change_whose_marker_never_came_back_is_lost_not_taken_for_an_older_on
     assert fates.lost_examples == [f"p0 a (change {1 + POOL})"]
 
 
-def test_the_churn_bodies_carry_the_marker_of_their_change() -> None:
-    churn = Churn(SoakOptions(upstreams=20, addresses=POOL), random.Random(3))
-    churn.start()
-    seen: set[int] = set()
+def test_the_churn_carries_each_change_s_marker_and_only_a_bounded_set_of_addresses() -> None:
+    opts = SoakOptions(upstreams=20, servers=4, addresses=POOL)
+    churn = Churn(opts, random.Random(3))
+    addresses = {a for servers in churn.start().values() for a in servers}
+    names = set(churn.spec)
     for _ in range(3 * POOL):
         made = churn.next_edit()
         churn.record(made, 0.0)
         for index, name, delete in made:
+            names.add(name)
             if not delete:
-                slot = marker_of(churn.spec[name][0])
-                assert slot == index % POOL
-                seen.add(slot)
-    assert len(seen) <= POOL
-    assert len({a for servers in churn.spec.values() for a in servers if marker_of(a)}) <= 20
+                assert marker_of(churn.spec[name][0]) == index % POOL
+                addresses.update(churn.spec[name])
+    assert len(names) > 100  # names rotated: never reused, yet ...
+    # ... addresses are: the markers' pool and the servers of the 20 starting slots.
+    assert len(addresses) <= POOL + 20 * 4
+    assert len({a for a in addresses if marker_of(a) is None}) == 20 * 4
 
 
 @pytest.mark.parametrize("addresses", ["5", "-1", str(200 * 65536)])
