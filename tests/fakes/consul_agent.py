@@ -146,7 +146,8 @@ starts no lock-delay. Unchanged writes (same value, flags and holder) write noth
 `time.monotonic`) plus everything `advance(seconds)` added. `clock=lambda: 0.0` stops
 it, so that only `advance` moves it: deterministic tests with real (10 s and up) TTLs.
 With a moving clock an expiry is applied by the next request or control call, and
-within 50 ms by a blocked query. A session expires `session_ttl_multiplier` × TTL after
+by a blocked query when its timer fires (blocked queries wake for it, taking the clock to
+run at real speed, and at least every 0.5 s). A session expires `session_ttl_multiplier` × TTL after
 its creation or last renew: 2 by default, as Consul's leader does it (agent/consul/
 session_ttl.go, `SessionTTLMultiplier`; the doc only promises "not before the TTL" and
 warns sessions "may not be reaped for up to double this TTL"); 1 expires exactly at
@@ -222,7 +223,10 @@ KV_MAX_VALUE_SIZE = 512 * 1024  # bytes, kv_max_value_size
 AGENT_NODE = "consul-server-1"
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 
-_POLL = 0.05  # how often an idle blocked query checks whether its client went away
+_POLL = 0.05  # how often a waiter re-checks what nothing notifies (wait_for, a hang)
+# How often an idle blocked query checks whether its client went away. Not every
+# 50 ms: hundreds of blocked queries (one per service) would spend a core on it.
+_GONE_CHECK = 0.5
 _DEFAULT = "default"
 _ACCESSOR_NS = uuid.UUID("3c2d5f0e-8a4b-4c1e-9f7d-2b6a1e0c9d44")
 
@@ -726,6 +730,20 @@ class BlockingQuery:
 
 
 @dataclass
+class _Waiter:
+    """A blocked query's own wake-up: woken only when something may end its wait, so
+    that a change to one service does not wake hundreds of queries (one per service)
+    that would find their index unchanged. `epoch`, `abandon`, `empty_epoch`: the
+    state it blocked in."""
+
+    q: _Query
+    epoch: int
+    abandon: int
+    empty_epoch: int
+    wake: threading.Condition
+
+
+@dataclass
 class _Fault:
     status: int
     body: str
@@ -790,7 +808,8 @@ class FakeConsulAgent:
         session_ttl_multiplier: float = SESSION_TTL_MULTIPLIER,
         session_ttl_min: float = SESSION_TTL_MIN,
     ) -> None:
-        self._cond = threading.Condition(threading.RLock())
+        self._cond_lock = threading.RLock()  # also the blocked queries' wake-ups' lock
+        self._cond = threading.Condition(self._cond_lock)
         self.datacenter = datacenter
         self._datacenters = {datacenter, *datacenters}
         self.enterprise = enterprise
@@ -824,6 +843,9 @@ class FakeConsulAgent:
         self._tables: dict[tuple[str, ...], int] = {}
         self._nodes: dict[tuple[str, str, str], _Node] = {}
         self._instances: dict[tuple[str, str, str, str, str], _Instance] = {}
+        # (dc, partition, service name) → instances per namespace: a service's index is
+        # read on every change by every blocked query, so not by a scan of all instances.
+        self._live: dict[tuple[str, str, str], Counter[str]] = {}
         self._generation = 0
         self._abandon = 0
         # faults
@@ -839,6 +861,7 @@ class FakeConsulAgent:
         # observation
         self._requests: list[RecordedRequest] = []
         self._blocked: list[BlockingQuery] = []
+        self._waiters: list[_Waiter] = []  # the blocked queries' wake-ups
         # serving
         self._connections: set[socket.socket] = set()
         self._port = port
@@ -900,7 +923,7 @@ class FakeConsulAgent:
             self._httpd = self._thread = None
             self._epoch += 1
             connections = list(self._connections)
-            self._cond.notify_all()
+            self._notify()
         httpd.shutdown()
         httpd.server_close()
         for conn in connections:
@@ -925,7 +948,7 @@ class FakeConsulAgent:
                 daemon=True,
             )
             self._thread.start()
-            self._cond.notify_all()
+            self._notify()
 
     # --- catalog controls --------------------------------------------------------------
 
@@ -1033,6 +1056,7 @@ class FakeConsulAgent:
                     check_modify=idx,
                 )
                 self._instances[ikey] = inst
+                self._live.setdefault((dc, partition, service), Counter())[inst.namespace] += 1
                 self._bump(dc, partition, "services", idx)
                 self._bump(dc, partition, "checks", idx)
                 self._bump_service(inst, idx)
@@ -1557,7 +1581,15 @@ class FakeConsulAgent:
 
     def _changed(self) -> None:
         self._generation += 1
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake every waiter on the state (wait_for, a hang) and the blocked queries
+        whose wait the state may now end."""
         self._cond.notify_all()
+        for w in self._waiters:
+            if self._block_ends(w) is not None:
+                w.wake.notify()
 
     def _bump(self, dc: str, partition: str, table: str, idx: int) -> None:
         self._tables[(dc, partition, table)] = idx
@@ -1572,10 +1604,15 @@ class FakeConsulAgent:
 
     def _remove_instance(self, inst: _Instance, idx: int) -> None:
         del self._instances[inst.key]
+        live = self._live[(inst.dc, inst.partition, inst.name)]
+        live[inst.namespace] -= 1
+        if live[inst.namespace] == 0:
+            del live[inst.namespace]
+        if not live:
+            del self._live[(inst.dc, inst.partition, inst.name)]
         self._bump(inst.dc, inst.partition, "services", idx)
         self._bump(inst.dc, inst.partition, "checks", idx)
-        same = (inst.dc, inst.partition, inst.namespace, inst.name)
-        if any((i.dc, i.partition, i.namespace, i.name) == same for i in self._instances.values()):
+        if live[inst.namespace] > 0:
             self._bump_service(inst, idx)
         else:
             # Consul garbage-collects service.<name> and records the extinction.
@@ -1614,12 +1651,8 @@ class FakeConsulAgent:
         return n
 
     def _service_index(self, dc: str, partition: str, namespace: str, name: str) -> int:
-        live = {
-            i.namespace
-            for i in self._instances.values()
-            if (i.dc, i.partition, i.name) == (dc, partition, name)
-            and (namespace == "*" or i.namespace == namespace)
-        }
+        counts = self._live.get((dc, partition, name), Counter())
+        live = list(counts) if namespace == "*" else [namespace] if counts[namespace] else []
         if live:
             return max(self._tables.get((dc, partition, "service", ns, name), 0) for ns in live)
         extinct = self._tables.get((dc, partition, "extinction"))
@@ -2400,49 +2433,71 @@ class FakeConsulAgent:
             return "fast"
         deadline = time.monotonic() + wait
         entry = BlockingQuery(q.endpoint, q.service, q.min_index, deadline, self._generation)
-        abandon, empty_epoch = self._abandon, self._empty_epoch
+        waiter = _Waiter(
+            q, epoch, self._abandon, self._empty_epoch, threading.Condition(self._cond_lock)
+        )
         self._blocked.append(entry)
+        self._waiters.append(waiter)
         self._cond.notify_all()
         try:
             while True:
                 self._reap_sessions()
-                if self._epoch != epoch:
-                    return "cut"
-                if self._abandon != abandon:
-                    return "abandoned"
-                if max(self._endpoint_index(q), 1) > q.min_index:
-                    return "changed"
-                if self._fast_unchanged > 0:
+                outcome = self._block_ends(waiter)
+                if outcome == "fast":
                     self._fast_unchanged -= 1
                     self._changed()
-                    return "fast"
-                if any(
-                    f.path_prefix is None or q.path.startswith(f.path_prefix) for f in self._faults
-                ):
-                    return "fault"
-                if q.endpoint in ("health.service", "catalog.service") and (
-                    self._empty_once.get(q.service or "", 0) > 0
-                    or (self._empty_all and self._empty_epoch != empty_epoch)
-                ):
-                    return "changed"
-                if (
-                    q.endpoint == "catalog.services"
-                    and self._empty_all_catalog
-                    and self._empty_epoch != empty_epoch
-                ):
-                    return "changed"
-                if not self._known_leader and q.consistency != "stale":
-                    return "changed"
+                if outcome is not None:
+                    return outcome
                 entry.seen_generation = self._generation
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return "timeout"
-                self._cond.wait(min(remaining, _POLL))
+                waiter.wake.wait(self._idle_wait(remaining))
                 if _peer_closed(h.connection):
                     return "gone"
         finally:
             self._blocked.remove(entry)
+            self._waiters.remove(waiter)
             self._cond.notify_all()
+
+    def _block_ends(self, w: _Waiter) -> str | None:
+        """The outcome that ends a blocked query's wait now, or None: it blocks on."""
+        q = w.q
+        if self._epoch != w.epoch:
+            return "cut"
+        if self._abandon != w.abandon:
+            return "abandoned"
+        if max(self._endpoint_index(q), 1) > q.min_index:
+            return "changed"
+        if self._fast_unchanged > 0:
+            return "fast"
+        if any(f.path_prefix is None or q.path.startswith(f.path_prefix) for f in self._faults):
+            return "fault"
+        if q.endpoint in ("health.service", "catalog.service") and (
+            self._empty_once.get(q.service or "", 0) > 0
+            or (self._empty_all and self._empty_epoch != w.empty_epoch)
+        ):
+            return "changed"
+        if (
+            q.endpoint == "catalog.services"
+            and self._empty_all_catalog
+            and self._empty_epoch != w.empty_epoch
+        ):
+            return "changed"
+        if not self._known_leader and q.consistency != "stale":
+            return "changed"
+        return None
+
+    def _idle_wait(self, remaining: float) -> float:
+        """How long a blocked query sleeps unless notified: until its deadline, the next
+        check of its client, or the next session TTL timer (an expiry is a write that
+        may answer it; only a known leader runs the timers)."""
+        wait = min(remaining, _GONE_CHECK)
+        if self._known_leader:
+            timers = [s.deadline for s in self._sessions.values() if s.deadline is not None]
+            if timers:
+                wait = min(wait, max(min(timers) - self.now, 0.0))
+        return wait
 
     def _take_empty(self, q: _Query) -> bool:
         if q.endpoint == "catalog.services":
@@ -2732,6 +2787,10 @@ def _shutdown(conn: socket.socket) -> None:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # Go's net.Listen asks for the kernel's maximum backlog; socketserver's default of 5
+    # makes a client that opens hundreds of blocking queries at once wait for SYN
+    # retries (1 s, then 3 s, ...) that a real agent never causes.
+    request_queue_size = socket.SOMAXCONN
     agent: FakeConsulAgent
     epoch: int
 
