@@ -1604,15 +1604,17 @@ class FakeConsulAgent:
 
     def _remove_instance(self, inst: _Instance, idx: int) -> None:
         del self._instances[inst.key]
-        live = self._live[(inst.dc, inst.partition, inst.name)]
+        service = (inst.dc, inst.partition, inst.name)
+        live = self._live[service]
         live[inst.namespace] -= 1
-        if live[inst.namespace] == 0:
+        others_left = live[inst.namespace] > 0
+        if not others_left:
             del live[inst.namespace]
-        if not live:
-            del self._live[(inst.dc, inst.partition, inst.name)]
+            if not live:
+                del self._live[service]
         self._bump(inst.dc, inst.partition, "services", idx)
         self._bump(inst.dc, inst.partition, "checks", idx)
-        if live[inst.namespace] > 0:
+        if others_left:
             self._bump_service(inst, idx)
         else:
             # Consul garbage-collects service.<name> and records the extinction.
